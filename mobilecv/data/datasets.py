@@ -1,0 +1,303 @@
+"""Loaders for packaged, download-free datasets, as arrays or tf.data pipelines.
+
+Every source is split the same way: a validation split is carved from TRAIN with a
+fixed seed, so tuning and calibration never see the test split. Sources without a
+test split of their own (digits, .npz without x_test, a flat image folder) get a
+fixed-seed test split carved first.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobilecv._tf import tf
+from mobilecv.errors import InputError
+
+FASHION_MNIST_DIR = Path(
+    os.environ.get("MOBILECV_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLIT_SEED = 1234
+
+
+class DatasetName(enum.StrEnum):
+    """Built-in datasets; anything else passed to load() must be a path."""
+
+    FASHION_MNIST = "fashion_mnist"
+    DIGITS = "digits"
+
+
+class Split(enum.StrEnum):
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """One split as arrays: images uint8/float (N, H, W, C), integer labels (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _read_idx(path: Path, header: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=header)
+
+
+def _fashion_mnist() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    files = {
+        "xtr": "train-images-idx3-ubyte.gz",
+        "ytr": "train-labels-idx1-ubyte.gz",
+        "xte": "t10k-images-idx3-ubyte.gz",
+        "yte": "t10k-labels-idx1-ubyte.gz",
+    }
+    missing = [name for name in files.values() if not (FASHION_MNIST_DIR / name).exists()]
+    if missing:
+        raise InputError(
+            f"Fashion-MNIST not found under {FASHION_MNIST_DIR} (missing {', '.join(missing)}); "
+            "install it with: sudo apt-get install dataset-fashion-mnist"
+        )
+    xtr = _read_idx(FASHION_MNIST_DIR / files["xtr"], 16).reshape(-1, 28, 28, 1)
+    ytr = _read_idx(FASHION_MNIST_DIR / files["ytr"], 8).astype(np.int64)
+    xte = _read_idx(FASHION_MNIST_DIR / files["xte"], 16).reshape(-1, 28, 28, 1)
+    yte = _read_idx(FASHION_MNIST_DIR / files["yte"], 8).astype(np.int64)
+    return (xtr, ytr), (xte, yte)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 intensities -> 0..255 so every source shares the uint8 range.
+    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return x, digits.target.astype(np.int64)
+
+
+def _npz(path: Path):
+    with np.load(path) as archive:
+        keys = set(archive.files)
+        if not {"x", "y"} <= keys:
+            raise InputError(
+                f"{path}: an .npz dataset needs arrays 'x' and 'y' (found {sorted(keys)})"
+            )
+        x, y = archive["x"], archive["y"].astype(np.int64).reshape(-1)
+        test = (
+            (archive["x_test"], archive["y_test"].astype(np.int64).reshape(-1))
+            if {"x_test", "y_test"} <= keys
+            else None
+        )
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or len(x) != len(y):
+        raise InputError(
+            f"{path}: expected x of shape (N, H, W[, C]) matching y (N,), got {x.shape} and {y.shape}"
+        )
+    if test is not None and test[0].ndim == 3:
+        test = (test[0][..., None], test[1])
+    return (x, y), test
+
+
+def _read_folder(root: Path, class_names: Sequence[str] | None = None):
+    from PIL import Image
+
+    classes = (
+        sorted(p.name for p in root.iterdir() if p.is_dir())
+        if class_names is None
+        else list(class_names)
+    )
+    if not classes:
+        raise InputError(f"{root}: expected one sub-folder per class (class/*.jpg)")
+    images, labels, size = [], [], None
+    for index, name in enumerate(classes):
+        folder = root / name
+        files = (
+            sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if folder.is_dir()
+            else []
+        )
+        for file in files:
+            with Image.open(file) as img:
+                img = img.convert("RGB")
+                # Images of mixed sizes are brought to the first one's size here; load()
+                # resizes to the model's resolution afterwards.
+                size = size or img.size
+                if img.size != size:
+                    img = img.resize(size)
+                images.append(np.asarray(img, dtype=np.uint8))
+            labels.append(index)
+    if not images:
+        raise InputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found in class folders")
+    return (np.stack(images), np.asarray(labels, dtype=np.int64)), classes
+
+
+def _image_folder(root: Path):
+    if (root / "train").is_dir():
+        (x, y), classes = _read_folder(root / "train")
+        test = _read_folder(root / "test", classes)[0] if (root / "test").is_dir() else None
+        return (x, y), test
+    return _read_folder(root)[0], None
+
+
+def _carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-seed (keep, held_out) index split; held_out has round(n*fraction) items."""
+    order = np.random.default_rng(seed).permutation(n)
+    held = int(round(n * fraction))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def resolve_name(name_or_path: str | os.PathLike) -> DatasetName | Path:
+    text = os.fspath(name_or_path)
+    try:
+        return DatasetName(text)
+    except ValueError:
+        pass
+    path = Path(text)
+    if path.suffix == ".npz" and path.is_file():
+        return path
+    if path.is_dir():
+        return path
+    choices = ", ".join(d.value for d in DatasetName)
+    raise InputError(
+        f"unknown dataset {text!r}: use one of {choices}, an .npz file or a class/*.jpg folder"
+    )
+
+
+def load_arrays(
+    name_or_path: str | os.PathLike,
+    split: str | Split = Split.TRAIN,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    limit: int | None = None,
+    seed: int = SPLIT_SEED,
+) -> ArrayData:
+    """Return one split as arrays at the source's native size and channel count.
+
+    `limit` keeps the first N items of the split (after the fixed-seed split), for
+    quick runs and tests.
+    """
+    split = Split(split) if not isinstance(split, Split) else split
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    source = resolve_name(name_or_path)
+    if source is DatasetName.FASHION_MNIST:
+        train, test = _fashion_mnist()
+    elif source is DatasetName.DIGITS:
+        train, test = _digits(), None
+    elif source.suffix == ".npz":
+        train, test = _npz(source)
+    else:
+        train, test = _image_folder(source)
+    x, y = train
+    if test is None:
+        keep, held = _carve(len(y), test_fraction, seed + 1)
+        test = (x[held], y[held])
+        x, y = x[keep], y[keep]
+    if split is Split.TEST:
+        x, y = test
+    else:
+        keep, held = _carve(len(y), val_fraction, seed)
+        idx = keep if split is Split.TRAIN else held
+        x, y = x[idx], y[idx]
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    classes = int(max(train[1].max(), test[1].max())) + 1
+    label = source.value if isinstance(source, DatasetName) else str(source)
+    return ArrayData(x=x, y=y, classes=classes, name=label)
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def prepare_images(x, resolution: int | tuple[int, int] | None, channels: int | None, scale: float):
+    """Float images resized to the model's resolution with its channel count (tf ops)."""
+    T = tf()
+    x = T.cast(x, T.float32) * scale
+    have = x.shape[-1]
+    if channels is not None and channels != have:
+        if have == 1:
+            x = T.repeat(x, channels, axis=-1)
+        elif have == 3 and channels == 1:
+            x = T.image.rgb_to_grayscale(x)
+        else:
+            raise InputError(f"cannot convert {have}-channel images to {channels} channels")
+    if resolution is not None:
+        size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        if tuple(x.shape[-3:-1]) != size:
+            x = T.image.resize(x, size, method="bilinear")
+    return x
+
+
+def to_dataset(
+    data: ArrayData,
+    *,
+    resolution: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    augment: Callable | None = None,
+    scale: float = 1.0 / 255.0,
+    seed: int = 0,
+):
+    """Turn arrays into a batched tf.data pipeline of (image float32, label int64)."""
+    T = tf()
+    ds = T.data.Dataset.from_tensor_slices((data.x, data.y))
+    if shuffle:
+        ds = ds.shuffle(min(len(data), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda x, y: (prepare_images(x, resolution, channels, scale), y),
+        num_parallel_calls=T.data.AUTOTUNE,
+    )
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=T.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(T.data.AUTOTUNE)
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    split: str | Split = Split.TRAIN,
+    resolution: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    *,
+    batch_size: int = 32,
+    shuffle: bool | None = None,
+    augment: Callable | None = None,
+    limit: int | None = None,
+    val_fraction: float = 0.1,
+    scale: float = 1.0 / 255.0,
+    seed: int = 0,
+):
+    """A tf.data pipeline for one split with the model's resolution and channels applied.
+
+    Images are float32 in [0, 1] (`scale` changes that, e.g. 1.0 keeps 0..255 for
+    models that rescale themselves). The training split is shuffled by default.
+    """
+    split = Split(split) if not isinstance(split, Split) else split
+    data = load_arrays(name_or_path, split, val_fraction=val_fraction, limit=limit)
+    return to_dataset(
+        data,
+        resolution=resolution,
+        channels=channels,
+        batch_size=batch_size,
+        shuffle=(split is Split.TRAIN) if shuffle is None else shuffle,
+        augment=augment,
+        scale=scale,
+        seed=seed,
+    )
