@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Time a .tflite model on this machine and write the result as JSON.
+
+A single file to copy to a Raspberry Pi or a phone. It needs numpy and either
+`ai_edge_litert` or `tflite_runtime`; it never imports TensorFlow or mobilecv.
+mobilecv's harness runs this same file in a child process on the host, and
+`mobilecv bench --import result.json` merges a device's output into a report.
+
+    python3 ondevice.py model.tflite --threads 4 --runs 100 -o result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+
+SCHEMA_VERSION = 1
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        import ai_edge_litert
+
+        return Interpreter, f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        import tflite_runtime
+
+        return Interpreter, f"tflite_runtime {getattr(tflite_runtime, '__version__', '?')}"
+    except ImportError:
+        raise SystemExit("Error: install ai-edge-litert or tflite-runtime") from None
+
+
+def _rss_kb(field: str = "VmRSS") -> float | None:
+    """Current (VmRSS) or peak (VmHWM) resident set from /proc, in kB; None off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _peak_rss_kb() -> float:
+    hwm = _rss_kb("VmHWM")
+    if hwm is not None:
+        return hwm
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform == "darwin" else float(peak)  # macOS reports bytes
+
+
+def random_input(detail: dict, rng):
+    """Random data over the tensor's whole representable (quantised) range."""
+    import numpy as np
+
+    dtype = np.dtype(detail["dtype"])
+    shape = [max(int(d), 1) for d in detail["shape"]]
+    if dtype.kind == "f":
+        return rng.uniform(-1.0, 1.0, shape).astype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        scale = detail.get("quantization", (0.0, 0))[0]
+        if scale:  # quantised activations: every code is a valid value
+            return rng.integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
+        return rng.integers(0, min(info.max, 16), shape, dtype=dtype)  # ids, indices
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    raise ValueError(f"cannot make random input of dtype {dtype}")
+
+
+def percentile(sorted_ms: list[float], p: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    k = (len(sorted_ms) - 1) * p / 100.0
+    lo = int(math.floor(k))
+    hi = min(lo + 1, len(sorted_ms) - 1)
+    return sorted_ms[lo] + (k - lo) * (sorted_ms[hi] - sorted_ms[lo])
+
+
+def summarize(samples_ms: list[float]) -> dict:
+    s = sorted(samples_ms)
+    n = len(s)
+    mean = sum(s) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in s) / (n - 1)) if n > 1 else 0.0
+    return {
+        "mean": mean,
+        "p50": percentile(s, 50),
+        "p90": percentile(s, 90),
+        "p99": percentile(s, 99),
+        "min": s[0],
+        "max": s[-1],
+        "std": std,
+    }
+
+
+def measure(
+    model: str,
+    threads: int = 1,
+    runs: int | None = 50,
+    warmup: int = 5,
+    time_budget_s: float | None = None,
+    cores: list[int] | None = None,
+    memory_limit_mb: float | None = None,
+    inputs: list[str] | None = None,
+    seed: int = 0,
+    device: str = "",
+) -> dict:
+    """Load, warm up and time `model`; return the result dict (raises on failure)."""
+    if cores:
+        os.sched_setaffinity(0, cores)  # before the runtime starts its threads
+    if memory_limit_mb:
+        limit = int(memory_limit_mb * 1024 * 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import numpy as np
+
+    interpreter_cls, runtime = _interpreter_class()
+    rss_before = _rss_kb() or _peak_rss_kb()
+
+    t0 = time.perf_counter()
+    interp = interpreter_cls(model_path=model, num_threads=threads)
+    interp.allocate_tensors()
+    init_ms = (time.perf_counter() - t0) * 1000
+
+    details = interp.get_input_details()
+    for d in details:
+        sig = list(d.get("shape_signature", d["shape"]))
+        if any(x < 0 for x in sig[1:]):
+            raise ValueError(f"input {d['name']!r} has dynamic shape {sig}; not supported")
+    if inputs:
+        if len(inputs) != len(details):
+            raise ValueError(f"model has {len(details)} inputs, got {len(inputs)} .npy files")
+        data = []
+        for d, f in zip(details, inputs, strict=True):
+            arr = np.load(f)
+            if tuple(arr.shape) != tuple(d["shape"]):
+                arr = arr.reshape(d["shape"])  # e.g. a sample without its batch axis
+            data.append(arr.astype(d["dtype"], copy=False))
+    else:
+        rng = np.random.default_rng(seed)
+        data = [random_input(d, rng) for d in details]
+    for d, arr in zip(details, data, strict=True):
+        interp.set_tensor(d["index"], arr)
+
+    clock = time.perf_counter
+    t0 = clock()
+    interp.invoke()
+    first_ms = (clock() - t0) * 1000
+    for _ in range(warmup):
+        interp.invoke()
+
+    if runs is None and time_budget_s is None:
+        runs = 50
+    max_runs = runs if runs is not None else 10**9
+    deadline = clock() + time_budget_s if time_budget_s else float("inf")
+    samples = []
+    invoke = interp.invoke
+    while len(samples) < max_runs:
+        t0 = clock()
+        invoke()
+        t1 = clock()
+        samples.append((t1 - t0) * 1000)
+        if t1 >= deadline:
+            break
+
+    # The loop's own cost (two clock reads, an append) per inference, for honesty.
+    t0 = clock()
+    probe = []
+    for _ in range(1000):
+        a = clock()
+        b = clock()
+        probe.append(b - a)
+    overhead_us = (clock() - t0) / 1000 * 1e6
+
+    peak_kb = _peak_rss_kb()
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": os.path.basename(model),
+        "device": device or platform.node(),
+        "threads": threads,
+        "runs": len(samples),
+        "warmup": warmup,
+        "latency_ms": summarize(samples),
+        "init_ms": init_ms,
+        "first_inference_ms": first_ms,
+        "peak_rss_mb": max(peak_kb - rss_before, 0.0) / 1024,
+        "model_bytes": os.path.getsize(model),
+        "measured": ["latency_ms", "init_ms", "first_inference_ms", "peak_rss_mb", "model_bytes"],
+        "samples_ms": samples,
+        "loop_overhead_us": overhead_us,
+        "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "runtime": runtime,
+        "machine": f"{platform.system()} {platform.machine()} {platform.python_version()}",
+        "ok": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=None, help="timed runs (default 50)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--time-budget", type=float, default=None, help="stop timing after S seconds")
+    p.add_argument("--cores", default="", help="CPU affinity, e.g. 0 or 0,1")
+    p.add_argument("--memory-limit-mb", type=float, default=None, help="RLIMIT_AS for this process")
+    p.add_argument("--inputs", nargs="*", default=None, help=".npy file per model input")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="", help="name to record (default: hostname)")
+    p.add_argument("-o", "--output", default="-", help="JSON file (default stdout)")
+    a = p.parse_args(argv)
+    cores = [int(c) for c in a.cores.split(",") if c.strip()] if a.cores else None
+    try:
+        result = measure(
+            a.model, a.threads, a.runs, a.warmup, a.time_budget, cores,
+            a.memory_limit_mb, a.inputs, a.seed, a.device,
+        )  # fmt: skip
+        code = 0
+    except MemoryError:
+        result = {"ok": False, "error": f"out of memory (limit {a.memory_limit_mb} MB)"}
+        code = 1
+    except Exception as exc:  # any runtime failure becomes a failed result, not a traceback
+        msg = str(exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {msg[-1] if msg else ''}".strip()
+        oom = ("failed to map", "bad_alloc", "Cannot allocate memory", "MemoryError")
+        if a.memory_limit_mb and any(s in str(exc) for s in oom):
+            text = f"out of memory under the {a.memory_limit_mb:g} MB limit ({text})"
+        result = {"ok": False, "error": text}
+        code = 1
+    text = json.dumps(result, indent=2)
+    if a.output == "-":
+        print(text)
+    else:
+        with open(a.output + ".tmp", "w") as fh:
+            fh.write(text + "\n")
+        os.replace(a.output + ".tmp", a.output)
+    if not result["ok"]:
+        print(f"Error: {result['error']}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
