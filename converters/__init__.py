@@ -1,0 +1,1 @@
+"""Exporters from Keras models to deployable formats (.tflite, TFLite Micro C arrays)."""

@@ -1,0 +1,142 @@
+"""`mobilecv convert` and `mobilecv inspect`: thin wrappers over converters.tflite and
+mobilecv.inspect."""
+
+from __future__ import annotations
+
+import click
+
+from mobilecv.cliutil import echo_json, handle_errors
+
+_MODES = ["none", "dynamic", "float16", "int8", "int16x8"]
+
+
+@click.command("convert")
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output .tflite (or .cc with --format c).",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(_MODES),
+    default="none",
+    show_default=True,
+    help="Post-training mode; int8 is full integer.",
+)
+@click.option(
+    "--io",
+    "io_type",
+    type=click.Choice(["int8", "int16", "float"]),
+    default=None,
+    help="Model input/output type: int8 mode defaults to int8 I/O, int16x8 to float.",
+)
+@click.option(
+    "--calibration",
+    default=None,
+    help="Dataset name (digits, fashion_mnist, ...), .npy/.npz file or image folder (class/*.jpg). Train split only.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Calibration samples.",
+)
+@click.option(
+    "--verify-samples",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Held-out samples for the LiteRT-vs-Keras check.",
+)
+@click.option("--no-verify", is_flag=True, help="Skip running the converted model in LiteRT.")
+@click.option(
+    "--sparse/--dense",
+    default=None,
+    help="Force or forbid sparse weight encoding (default: when >= 50% of weights are zero).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tflite", "c"]),
+    default="tflite",
+    show_default=True,
+    help="c writes a .cc/.h pair for TFLite Micro.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def convert(
+    model,
+    output,
+    quantize,
+    io_type,
+    calibration,
+    samples,
+    verify_samples,
+    no_verify,
+    sparse,
+    fmt,
+    force,
+    as_json,
+):
+    """Convert MODEL (a .keras/.h5 file or a registered model name) to TFLite,
+    then run it in LiteRT against Keras and report the agreement."""
+    from converters.tflite import convert as convert_model
+    from converters.tflite import resolve_model
+    from mobilecv.fileio import check_writable
+
+    if fmt == "tflite":
+        check_writable(output, force)  # fail before minutes of conversion, not after
+    keras_model = resolve_model(model)
+    result = convert_model(
+        keras_model,
+        quantize=quantize,
+        calibration=calibration,
+        samples=samples,
+        io=io_type,
+        verify=not no_verify,
+        verify_samples=verify_samples,
+        sparse=sparse,
+    )
+    written = result.save(output, format=fmt, force=force)
+    summary = {"model": model, "outputs": [str(p) for p in written], **result.to_dict()}
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{model} -> {', '.join(summary['outputs'])}")
+    click.echo(
+        f"mode {result.mode.value} (io {result.io.value}), {result.size} bytes, "
+        f"{result.keras}{', QAT' if result.qat else ''}{', sparse-encoded' if result.sparse else ''}, "
+        f"{result.seconds:.1f} s"
+    )
+    v = result.verification
+    if v is not None:
+        figures = f"max |err| {v.max_abs_error:.3g}, mean |err| {v.mean_abs_error:.3g}"
+        if v.top1_agreement is not None:
+            figures = f"top-1 agreement {v.top1_agreement:.1%}, " + figures
+        click.echo(
+            f"verified in LiteRT ({v.runtime} runtime) on {v.samples} {v.data} samples: {figures}"
+        )
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--tensors", is_flag=True, help="With --json: include every tensor and op.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def inspect_cmd(model, tensors, as_json):
+    """Show what is inside MODEL.tflite: ops, I/O types and quantisation, weight
+    dtypes and sparsity, size breakdown, MACs, and float ops left in an integer model."""
+    from mobilecv.inspect import format_report, read_tflite
+
+    graph = read_tflite(model)
+    if as_json:
+        echo_json({"model": model, **graph.to_dict(tensors=tensors)})
+    else:
+        click.echo(format_report(graph, title=model))
