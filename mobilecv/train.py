@@ -1,0 +1,380 @@
+"""Training and fine-tuning on a packaged dataset, with a held-out evaluation.
+
+The model is fitted on the TRAIN split and evaluated on the validation split carved
+from it; the test split is only touched when the caller asks for a final test score.
+Transfer learning freezes layers (`freeze=N` or `"all-but-head"`); with
+`cache_features=True` the frozen trunk runs once over the data, its activations are
+written to disk as .npy, and only the head is trained on them.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobilecv._tf import get_keras, is_keras3_model, tf
+from mobilecv.data import ArrayData, Split, load_arrays, to_dataset
+from mobilecv.errors import InputError
+
+HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
+
+
+class Freeze(enum.StrEnum):
+    ALL_BUT_HEAD = "all-but-head"
+
+
+@dataclass
+class TrainReport:
+    dataset: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    train_samples: int
+    val_samples: int
+    frozen_layers: int
+    trainable_params: int
+    cached_features: bool
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    test_accuracy: float | None = None
+    feature_cache: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def model_input_spec(model) -> tuple[tuple[int, int], int]:
+    """(resolution (h, w), channels) of a single-input image model."""
+    shape = model.input_shape
+    if isinstance(shape, list):
+        raise InputError("only single-input image models can be trained here")
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise InputError(f"expected an image model with input (None, H, W, C), got {shape}")
+    return (int(shape[1]), int(shape[2])), int(shape[3])
+
+
+def outputs_probabilities(model) -> bool:
+    """True when the last layer already applies softmax (then the loss takes probabilities)."""
+    last = model.layers[-1]
+    if type(last).__name__ == "Softmax":
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def compile_for_classification(model, learning_rate: float) -> None:
+    K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
+    model.compile(
+        optimizer=K.optimizers.Adam(learning_rate),
+        loss=K.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
+        metrics=["accuracy"],
+    )
+
+
+def head_start(model) -> int:
+    """Index of the first head layer: everything after the last global pooling/flatten.
+
+    Without such a boundary the head is the last layer that has weights.
+    """
+    boundary = [
+        i for i, layer in enumerate(model.layers) if type(layer).__name__ in HEAD_BOUNDARY_TYPES
+    ]
+    if boundary:
+        return boundary[-1] + 1
+    weighted = [i for i, layer in enumerate(model.layers) if layer.weights]
+    if not weighted:
+        raise InputError("the model has no layers with weights to train")
+    return weighted[-1]
+
+
+def apply_freeze(model, freeze: int | str | None) -> int:
+    """Freeze the first N layers (or all but the head); returns how many were frozen."""
+    if freeze is None:
+        return 0
+    if isinstance(freeze, str) and not freeze.isdigit():
+        try:
+            Freeze(freeze)
+        except ValueError:
+            raise InputError(
+                f"freeze must be a number of layers or 'all-but-head', got {freeze!r}"
+            ) from None
+        count = head_start(model)
+    else:
+        count = int(freeze)
+        if not 0 <= count <= len(model.layers):
+            raise InputError(f"freeze={count} but the model has {len(model.layers)} layers")
+    for i, layer in enumerate(model.layers):
+        layer.trainable = i >= count
+    return count
+
+
+class TqdmProgress:
+    """A Keras callback drawing one tqdm bar per epoch on stderr (works for both Kerases)."""
+
+    def __init__(self, keras_module, epochs: int, steps: int, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        base = keras_module.callbacks.Callback
+        outer = self
+
+        class _Callback(base):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.bar = outer._tqdm(
+                    total=steps,
+                    desc=f"epoch {epoch + 1}/{epochs}",
+                    file=sys.stderr,
+                    leave=False,
+                    disable=not enabled,
+                )
+
+            def on_train_batch_end(self, batch, logs=None):
+                outer.bar.update(1)
+                if logs and batch % 10 == 0:
+                    outer.bar.set_postfix(
+                        {k: f"{float(v):.3f}" for k, v in logs.items() if k in ("loss", "accuracy")}
+                    )
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer.bar.close()
+                if enabled and logs:
+                    text = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items())
+                    print(f"epoch {epoch + 1}/{epochs}: {text}", file=sys.stderr)
+
+        self.callback = _Callback()
+
+
+def _history(history) -> dict[str, list[float]]:
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ArrayData
+    validation: ArrayData
+
+
+def load_splits(
+    data: str | os.PathLike | Splits, limit: int | None = None, val_limit: int | None = None
+) -> Splits:
+    """Train and held-out validation arrays (never the test split)."""
+    if isinstance(data, Splits):
+        return data
+    return Splits(
+        load_arrays(data, Split.TRAIN, limit=limit),
+        load_arrays(data, Split.VALIDATION, limit=val_limit if val_limit is not None else limit),
+    )
+
+
+def datasets_for(model, splits: Splits, batch_size: int, augment: Callable | None = None):
+    resolution, channels = model_input_spec(model)
+    train_ds = to_dataset(
+        splits.train,
+        resolution=resolution,
+        channels=channels,
+        batch_size=batch_size,
+        shuffle=True,
+        augment=augment,
+    )
+    val_ds = to_dataset(
+        splits.validation, resolution=resolution, channels=channels, batch_size=batch_size
+    )
+    return train_ds, val_ds
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, -(-n // batch_size))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def fit(
+    model,
+    splits: Splits,
+    epochs: int,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    augment=None,
+    callbacks: Sequence = (),
+    progress: bool = True,
+    compile_model: bool = True,
+) -> dict[str, list[float]]:
+    """Fit on train, validating on the held-out split each epoch (used by compress too)."""
+    K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
+    if compile_model:
+        compile_for_classification(model, learning_rate)
+    train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
+    bar = TqdmProgress(K, epochs, steps_per_epoch(len(splits.train), batch_size), enabled=progress)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[*callbacks, bar.callback],
+    )
+    return _history(history)
+
+
+def evaluate(model, data: ArrayData, batch_size: int = 64) -> dict[str, float]:
+    """Loss and top-1 accuracy on the given split (compiles the model if needed)."""
+    if not (getattr(model, "_is_compiled", False) or getattr(model, "compiled", False)):
+        compile_for_classification(model, 1e-3)
+    resolution, channels = model_input_spec(model)
+    ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
+    loss, accuracy = model.evaluate(ds, verbose=0)[:2]
+    return {"loss": float(loss), "accuracy": float(accuracy)}
+
+
+def train(
+    model,
+    data: str | os.PathLike | Splits,
+    epochs: int,
+    *,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    freeze: int | str | None = None,
+    cache_features: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    augment: Callable | None = None,
+    limit: int | None = None,
+    evaluate_test: bool = False,
+    progress: bool = True,
+):
+    """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport)."""
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if cache_features and augment is not None:
+        raise InputError(
+            "--cache-features computes the trunk's activations once, so it cannot be combined with augmentation"
+        )
+    splits = load_splits(data, limit=limit)
+    frozen = apply_freeze(model, freeze)
+    if cache_features and frozen == 0:
+        frozen = apply_freeze(model, Freeze.ALL_BUT_HEAD)
+    start = time.perf_counter()
+    cache_path = None
+    if cache_features:
+        history, cache_path = _train_head_on_cached_features(
+            model, splits, frozen, epochs, batch_size, learning_rate, cache_dir, progress
+        )
+    else:
+        history = fit(
+            model,
+            splits,
+            epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            augment=augment,
+            progress=progress,
+        )
+    seconds = time.perf_counter() - start
+    compile_for_classification(model, learning_rate)
+    held_out = evaluate(model, splits.validation, batch_size)
+    report = TrainReport(
+        dataset=splits.train.name,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        train_samples=len(splits.train),
+        val_samples=len(splits.validation),
+        frozen_layers=frozen,
+        trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        cached_features=cache_features,
+        seconds=round(seconds, 2),
+        history=history,
+        val_accuracy=held_out["accuracy"],
+        val_loss=held_out["loss"],
+        feature_cache=str(cache_path) if cache_path else None,
+    )
+    if evaluate_test:
+        report.test_accuracy = evaluate(
+            model, load_arrays(splits.train.name, Split.TEST), batch_size
+        )["accuracy"]
+    return model, report
+
+
+def extract_features(model, split_index: int, data: ArrayData, batch_size: int = 64) -> np.ndarray:
+    """Activations of the layer just before `split_index` for every image of `data`."""
+    K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
+    trunk = K.Model(model.inputs, model.layers[split_index - 1].output)
+    resolution, channels = model_input_spec(model)
+    ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
+    return trunk.predict(ds, verbose=0)
+
+
+def _head_model(model, split_index: int, feature_shape):
+    """The head layers re-applied to a feature input; the layers (and weights) are shared."""
+    K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
+    boundary = model.layers[split_index - 1].output
+    head_layers = model.layers[split_index:]
+    for layer in head_layers:
+        inbound = layer.input if not isinstance(layer.input, list) else None
+        if inbound is None:
+            raise InputError(
+                f"--cache-features needs a sequential head; layer {layer.name!r} has several inputs"
+            )
+    # Walk the chain from the boundary so a head with a branch is refused rather than mis-built.
+    features = K.Input(feature_shape[1:])
+    x, current = features, boundary
+    for layer in head_layers:
+        if layer.input is not current:
+            raise InputError(
+                f"--cache-features needs a sequential head; layer {layer.name!r} does not follow {current.name!r}"
+            )
+        x = layer(x)
+        current = layer.output
+    if current is not model.outputs[0]:
+        raise InputError("--cache-features: the head does not end at the model's output")
+    return K.Model(features, x)
+
+
+def _train_head_on_cached_features(
+    model, splits, split_index, epochs, batch_size, learning_rate, cache_dir, progress
+):
+    cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="mobilecv-features-"))
+    cache.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, data in (("train", splits.train), ("validation", splits.validation)):
+        feats = extract_features(model, split_index, data, batch_size)
+        np.save(cache / f"features_{name}.npy", feats)
+        np.save(cache / f"labels_{name}.npy", data.y)
+        # Train from the files on disk, which is what makes the cache reusable.
+        arrays[name] = (
+            np.load(cache / f"features_{name}.npy", mmap_mode="r"),
+            np.load(cache / f"labels_{name}.npy"),
+        )
+    head = _head_model(model, split_index, model.layers[split_index - 1].output.shape)
+    K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
+    compile_for_classification(head, learning_rate)
+    T = tf()
+    train_ds = (
+        T.data.Dataset.from_tensor_slices((np.asarray(arrays["train"][0]), arrays["train"][1]))
+        .shuffle(len(splits.train), seed=0)
+        .batch(batch_size)
+    )
+    val_ds = T.data.Dataset.from_tensor_slices(
+        (np.asarray(arrays["validation"][0]), arrays["validation"][1])
+    ).batch(batch_size)
+    bar = TqdmProgress(K, epochs, steps_per_epoch(len(splits.train), batch_size), enabled=progress)
+    history = head.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=[bar.callback]
+    )
+    return _history(history), cache

@@ -1,0 +1,98 @@
+"""Training on digits with a held-out evaluation, freezing, and the feature cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilecv._tf import get_keras
+from mobilecv.errors import InputError
+from mobilecv.train import apply_freeze, head_start, load_splits, train
+
+SPLITS = None
+
+
+def _splits():
+    global SPLITS
+    if SPLITS is None:
+        SPLITS = load_splits("digits", limit=600)
+    return SPLITS
+
+
+def tiny_model(K=None):
+    K = K or get_keras("tf_keras")
+    i = K.Input((16, 16, 1))
+    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(i)
+    x = K.layers.MaxPooling2D()(x)
+    x = K.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = K.layers.Conv2D(16, 1, activation="relu", name="pw")(x)
+    x = K.layers.MaxPooling2D()(x)
+    x = K.layers.Flatten()(x)
+    x = K.layers.Dense(10, name="head")(x)
+    return K.Model(i, x)
+
+
+def test_train_learns_and_reports_held_out_accuracy():
+    model = tiny_model()
+    model, report = train(model, _splits(), epochs=5, learning_rate=5e-3, progress=False)
+    assert report.val_samples == 144 and report.train_samples == 600
+    assert report.val_accuracy > 0.6  # chance is 0.1
+    assert len(report.history["val_accuracy"]) == 5
+    assert report.test_accuracy is None  # the test split is not touched unless asked
+
+
+def test_freeze_counts_and_all_but_head():
+    model = tiny_model()
+    assert head_start(model) == len(model.layers) - 1  # Dense after Flatten
+    assert apply_freeze(model, "all-but-head") == len(model.layers) - 1
+    assert [layer.name for layer in model.layers if layer.trainable and layer.weights] == ["head"]
+    assert apply_freeze(model, 2) == 2
+    assert not model.layers[1].trainable and model.layers[2].trainable
+    with pytest.raises(InputError, match="all-but-head"):
+        apply_freeze(model, "most")
+    with pytest.raises(InputError, match="layers"):
+        apply_freeze(model, 99)
+
+
+def test_frozen_layers_do_not_change():
+    model = tiny_model()
+    before = [w.copy() for w in model.get_layer("stem").get_weights()]
+    head_before = model.get_layer("head").get_weights()[0].copy()
+    train(model, _splits(), epochs=1, freeze="all-but-head", progress=False)
+    for a, b in zip(before, model.get_layer("stem").get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(head_before, model.get_layer("head").get_weights()[0])
+
+
+def test_cache_features_trains_the_head_from_npy_files(tmp_path):
+    donor = tiny_model()
+    train(donor, _splits(), epochs=4, learning_rate=5e-3, progress=False)
+    model = tiny_model()
+    model.set_weights(donor.get_weights())
+    head = model.get_layer("head")
+    head.set_weights([np.zeros_like(w) for w in head.get_weights()])  # forget the head
+    stem_before = model.get_layer("stem").get_weights()[0].copy()
+    model, report = train(
+        model,
+        _splits(),
+        epochs=4,
+        learning_rate=1e-2,
+        cache_features=True,
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    feats = np.load(tmp_path / "features_train.npy")
+    assert feats.shape == (600, 4 * 4 * 16)  # the trunk's (Flatten) output, one row per image
+    assert np.array_equal(np.load(tmp_path / "labels_train.npy"), _splits().train.y)
+    np.testing.assert_array_equal(stem_before, model.get_layer("stem").get_weights()[0])
+    # The head trained on cached features works inside the full model.
+    assert report.cached_features and report.val_accuracy > 0.6
+
+
+def test_cache_features_refuses_augmentation():
+    from mobilecv.data.augment import Mirror
+
+    with pytest.raises(InputError, match="augmentation"):
+        train(
+            tiny_model(), _splits(), epochs=1, cache_features=True, augment=Mirror(), progress=False
+        )
