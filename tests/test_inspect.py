@@ -1,0 +1,171 @@
+"""mobilecv.inspect: reading .tflite files without TensorFlow, and `mobilecv inspect`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mobilecv.commands.convert import inspect_cmd
+from mobilecv.errors import InputError
+from mobilecv.inspect import format_report, read_tflite
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """float32 and int8 .tflite files of a tiny conv net with known shapes."""
+    from converters.tflite import convert
+    from mobilecv._tf import get_keras
+
+    k = get_keras("tf_keras")
+    k.utils.set_random_seed(0)
+    inp = k.Input((8, 8, 1))
+    x = k.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)  # 8*8*4*9 = 2304 MACs
+    x = k.layers.DepthwiseConv2D(3, padding="same")(x)  # 8*8*4*9 = 2304
+    x = k.layers.Conv2DTranspose(2, 2, strides=2)(x)  # 8*8*4 inputs * 2*2*2 = 2048
+    x = k.layers.Flatten()(x)
+    out = k.layers.Dense(10)(x)  # 16*16*2*10 = 5120
+    model = k.Model(inp, out)
+    w = model.layers[-1].get_weights()
+    w[0][::2] = 0.0  # half of the dense kernel rows are zero
+    model.layers[-1].set_weights(w)
+    root = tmp_path_factory.mktemp("tfl")
+    paths = {}
+    for mode in ("none", "int8"):
+        result = convert(model, mode, calibration="digits", samples=16, verify=False, sparse=False)
+        paths[mode] = root / f"{mode}.tflite"
+        paths[mode].write_bytes(result.tflite)
+    return paths
+
+
+def test_float_graph(models):
+    g = read_tflite(models["none"])
+    assert g.quantization == "float32"
+    assert g.op_counts["CONV_2D"] == 1 and g.op_counts["DEPTHWISE_CONV_2D"] == 1
+    assert g.op_counts["TRANSPOSE_CONV"] == 1 and g.op_counts["FULLY_CONNECTED"] == 1
+    assert g.macs_by_op == {
+        "FULLY_CONNECTED": 5120,
+        "CONV_2D": 2304,
+        "DEPTHWISE_CONV_2D": 2304,
+        "TRANSPOSE_CONV": 2048,
+    }
+    params = 4 * 9 + 4 + 4 * 9 + 4 + 2 * 2 * 2 * 4 + 2 + 512 * 10 + 10
+    # float32 weights: 4 bytes a parameter, plus a few int32 shape constants
+    assert params * 4 <= g.weight_bytes <= params * 4 + 128
+    assert g.weight_bytes + g.graph_bytes == g.size_bytes == models["none"].stat().st_size
+    dense = next(w for w in g.weights if w.op == "FULLY_CONNECTED")
+    assert dense.zeros == pytest.approx(0.5, abs=0.01)
+    assert g.inputs[0].dtype == "FLOAT32" and g.inputs[0].shape_signature == [-1, 8, 8, 1]
+    assert g.float_ops == []  # only listed for integer models
+
+
+def test_int8_graph(models):
+    g = read_tflite(models["int8"].read_bytes())
+    assert g.quantization == "int8" and g.float_ops == []
+    assert g.inputs[0].dtype == "INT8" and g.inputs[0].quant is not None
+    assert g.inputs[0].quant.zero_point == [-128]  # digits are in [0, 1]
+    assert g.weight_dtypes["INT8"] > 0
+    conv = next(w for w in g.weights if w.op == "CONV_2D")
+    assert conv.dtype == "INT8"
+    dense = next(w for w in g.weights if w.op == "FULLY_CONNECTED")
+    assert dense.zeros == pytest.approx(0.5, abs=0.01)
+    text = format_report(g)
+    assert "fully integer" in text and "INT8" in text
+
+
+def test_float_ops_in_integer_model_are_reported(models):
+    """Dynamic-range models keep float activations; an int8 model with a float
+    island is detected by looking at non-constant tensor types around each op."""
+    from mobilecv.inspect import OpInfo, _float_ops
+
+    g = read_tflite(models["int8"])
+    per_sub = [g.tensors]
+    for t in g.tensors:
+        if not t.is_constant and t.dtype == "INT8":
+            t.dtype = "FLOAT32"
+            break
+    assert _float_ops([o for o in g.ops if isinstance(o, OpInfo)], per_sub)
+
+
+def test_custom_and_unknown_ops_are_listed(models):
+    """Rewrite an opcode to CUSTOM and another to an unknown builtin code."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    m = schema.ModelT.InitFromPackedBuf(models["none"].read_bytes(), 0)
+    codes = m.operatorCodes
+    codes[0].builtinCode = schema.BuiltinOperator.CUSTOM
+    codes[0].deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    codes[0].customCode = "MyVendorOp"
+    codes[1].builtinCode = 9999
+    codes[1].deprecatedBuiltinCode = 127
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    g = read_tflite(bytes(builder.Output()))
+    assert g.custom_ops == ["MyVendorOp"]
+    assert g.unknown_ops == ["UNKNOWN_9999"]
+    assert "MyVendorOp" in format_report(g)
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9, 0.99])
+def test_truncated_files_are_input_errors(models, cut):
+    data = models["int8"].read_bytes()
+    with pytest.raises(InputError):
+        read_tflite(data[: int(len(data) * cut)])
+
+
+def test_corrupted_bytes_never_crash(models):
+    """Random byte flips either still parse or raise InputError: nothing else."""
+    data = bytearray(models["int8"].read_bytes())
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        bad = bytearray(data)
+        for pos in rng.integers(8, len(bad), size=20):
+            bad[pos] = int(rng.integers(0, 256))
+        try:
+            read_tflite(bytes(bad))
+        except InputError:
+            pass
+
+
+def test_cli_inspect_text_and_json(models):
+    res = CliRunner().invoke(inspect_cmd, [str(models["int8"])])
+    assert res.exit_code == 0, res.output
+    assert "CONV_2D" in res.output and "quantization: int8" in res.output
+    res = CliRunner().invoke(inspect_cmd, [str(models["int8"]), "--json"])
+    data = json.loads(res.output)
+    assert data["quantization"] == "int8" and data["float_ops"] == []
+    assert data["macs"] == 5120 + 2304 + 2304 + 2048
+    assert data["inputs"][0]["quant"]["zero_point"] == -128
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage" * 10, b"\x18\x00\x00\x00TFL3" + b"\xff" * 40],
+    ids=["empty", "garbage", "bad-body"],
+)
+def test_cli_inspect_corrupt_file(tmp_path, content):
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(content)
+    res = CliRunner().invoke(inspect_cmd, [str(path)])
+    assert res.exit_code == 2
+    assert res.output.startswith("Error:") and len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_inspect_missing_file(tmp_path):
+    res = CliRunner().invoke(inspect_cmd, [str(tmp_path / "nope.tflite")])
+    assert res.exit_code == 2 and "Error:" in res.output
+
+
+def test_reader_does_not_import_tensorflow(models):
+    code = (
+        "import sys; from mobilecv.inspect import read_tflite; "
+        f"g = read_tflite({str(models['int8'])!r}); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(g.macs)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == 5120 + 2304 + 2304 + 2048
