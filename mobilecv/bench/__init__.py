@@ -1,0 +1,136 @@
+"""Will this .tflite model fit on a device, and how fast will it be there?
+
+`run(path, device=..., threads=...)` measures on the host (in a child process),
+runs the real TensorFlow Lite Micro interpreter for MCU profiles, estimates the
+rest under the device profile, and returns a result dict following the `bench`
+contract in DESIGN.md, with `measured` naming the figures that were measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from mobilecv.bench import devices as _devices
+from mobilecv.bench.devices import Device, Runtime
+from mobilecv.bench.estimate import estimate, verdict
+from mobilecv.bench.harness import RunConfig, load_result, measure, parse_benchmark_model
+from mobilecv.bench.tflite_graph import Graph, load
+from mobilecv.errors import InputError, RunFailed
+
+__all__ = ["run", "load", "load_result", "parse_benchmark_model", "Device", "Graph", "RunConfig"]
+
+_LATENCY_KEYS = ("mean", "p50", "p90", "p99", "min", "max", "std")
+
+
+def check_runnable(graph: Graph) -> None:
+    """Refuse what no runtime here can run, with one clear line, before any child starts."""
+    if graph.dynamic_inputs:
+        raise InputError(
+            f"{graph.path}: dynamic input shape on {', '.join(graph.dynamic_inputs)} "
+            "(only a dynamic batch axis is supported); convert with a fixed input shape"
+        )
+    if graph.subgraphs > 1:
+        pass  # control flow (WHILE/IF) runs on LiteRT; estimates cover subgraph 0 only
+
+
+def run(
+    path: str | os.PathLike,
+    device: str | Device = "host",
+    threads: int = 1,
+    runs: int | None = 50,
+    warmup: int = 5,
+    *,
+    cores: Sequence[int] = (),
+    memory_limit_mb: float | None = None,
+    time_budget_s: float | None = None,
+    inputs: Sequence[str] = (),
+    max_latency_ms: float | None = None,
+    timeout_s: float = 120.0,
+    imported: dict | None = None,
+    measure_host: bool = True,
+) -> dict:
+    """Benchmark one model under one device profile; see DESIGN.md's `bench` contract.
+
+    On `host` it measures; on other profiles it estimates (and, for MCU profiles, runs
+    the real TFLM interpreter for the arena). `imported` is a result measured on the
+    real device (ondevice.py JSON or parsed benchmark_model output) to merge in.
+    """
+    graph = load(path)
+    check_runnable(graph)
+    dev = device if isinstance(device, Device) else _devices.get(device)
+    if threads < 1:
+        raise InputError(f"threads must be >= 1, got {threads}")
+    est = estimate(graph, dev, threads)
+
+    measured_names = ["model_bytes"]
+    result: dict = {
+        "model": os.fspath(path),
+        "device": dev.name,
+        "threads": threads,
+        "runs": 0,
+        "latency_ms": dict.fromkeys(_LATENCY_KEYS),
+        "init_ms": None,
+        "first_inference_ms": None,
+        "peak_rss_mb": None,
+        "model_bytes": graph.model_bytes,
+        "arena_bytes": None,
+        "estimate": est.summary(),
+        "measured": measured_names,
+    }
+    measured = None
+    if imported is not None:
+        measured = imported
+        result["source"] = imported.get("source", "ondevice.py")
+    elif dev.measurable and measure_host:
+        if graph.custom_ops:
+            raise RunFailed(
+                f"{graph.path}: uses custom op(s) {', '.join(graph.custom_ops)} that LiteRT's "
+                "builtin resolver cannot run; register them or convert without custom ops"
+            )
+        cfg = RunConfig(
+            threads=threads, runs=runs, warmup=warmup, time_budget_s=time_budget_s,
+            cores=tuple(cores), memory_limit_mb=memory_limit_mb, inputs=tuple(inputs),
+            timeout_s=timeout_s,
+        )  # fmt: skip
+        measured = measure(path, cfg, device=dev.name)
+        if not measured.get("ok"):
+            raise RunFailed(f"{os.fspath(path)}: measured run failed: {measured['error']}")
+    if measured is not None:
+        for key in ("runs", "init_ms", "first_inference_ms", "peak_rss_mb"):
+            result[key] = measured.get(key)
+        result["threads"] = measured.get("threads") or threads
+        result["latency_ms"] = {k: measured["latency_ms"].get(k) for k in _LATENCY_KEYS}
+        result["samples_ms"] = measured.get("samples_ms", [])
+        result["loop_overhead_us"] = measured.get("loop_overhead_us")
+        measured_names += [
+            k for k in ("latency_ms", "init_ms", "first_inference_ms", "peak_rss_mb")
+            if measured.get(k) is not None
+        ]  # fmt: skip
+
+    measured_ram = None
+    if dev.runtime is Runtime.TFLM:
+        from mobilecv.bench import micro
+
+        tflm = micro.run(path, timeout_s=timeout_s)
+        result["tflm"] = {k: v for k, v in tflm.items() if k != "allocations"}
+        result["tflm"]["allocations"] = tflm.get("allocations", [])
+        if tflm.get("ok"):
+            result["arena_bytes"] = tflm.get("min_arena_bytes", tflm.get("arena_bytes"))
+            measured_names.append("arena_bytes")
+            measured_ram = result["arena_bytes"] + dev.runtime_ram_bytes
+        for op in tflm.get("unresolved_ops", []):
+            if op not in est.unsupported_ops:
+                est.unsupported_ops.append(op)
+    else:
+        result["arena_bytes"] = est.arena_bytes if dev.runtime is Runtime.TFLM else None
+
+    latency = result["latency_ms"]["p50"] if "latency_ms" in measured_names else None
+    fits, word, reasons = verdict(est, dev, max_latency_ms, latency, measured_ram)
+    if dev.runtime is Runtime.TFLM and not result["tflm"].get("ok"):
+        reasons.append(f"tflm: {result['tflm'].get('error', 'failed')}")
+    result.update(fits=fits, verdict=word, reasons=reasons)
+    result["estimate_per_op"] = est.per_op()
+    result["live_bytes"] = est.live_bytes
+    result["macs"] = graph.macs
+    return result

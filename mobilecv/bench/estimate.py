@@ -75,9 +75,7 @@ def plan_arena(graph: Graph) -> Plan:
     for t in order:
         size = _align(graph.tensors[t].nbytes)
         first, last = life[t]
-        clashes = sorted(
-            (off, sz) for off, sz, f, ll in placed if not (ll < first or f > last)
-        )
+        clashes = sorted((off, sz) for off, sz, f, ll in placed if not (ll < first or f > last))
         offset = 0
         for off, sz in clashes:
             if offset + size <= off:
@@ -88,7 +86,9 @@ def plan_arena(graph: Graph) -> Plan:
     peak = max((off + sz for off, sz, _, _ in placed), default=0)
     live = []
     for op in graph.ops:
-        live.append(sum(graph.tensors[t].nbytes for t, (f, ll) in life.items() if f <= op.index <= ll))
+        live.append(
+            sum(graph.tensors[t].nbytes for t, (f, ll) in life.items() if f <= op.index <= ll)
+        )
     return Plan(offsets=offsets, peak_bytes=peak, live_bytes=live)
 
 
@@ -129,7 +129,8 @@ def op_times(graph: Graph, device: Device, threads: int = 1) -> list[OpTime]:
         out = graph.tensors[op.outputs[0]] if op.outputs else None
         dtype = out.dtype if out is not None else "float32"
         rate = device.rate(dtype) or device.rate("float32")
-        rate *= device.op_efficiency.get(op.opcode, 1.0)
+        eff = device.op_efficiency
+        rate *= eff.get(f"{op.opcode}:{dtype}", eff.get(op.opcode, 1.0))
         if op.opcode in PARALLEL_OPS:
             rate *= 1 + (threads - 1) * device.thread_scaling
         nbytes = graph.op_bytes(op)
@@ -182,7 +183,11 @@ def estimate(graph: Graph, device: Device, threads: int = 1) -> Estimate:
         flash = graph.model_bytes + device.runtime_flash_bytes
     allowed = set(device.ops) if device.ops is not None else None
     unsupported = sorted(
-        {op.opcode for op in graph.ops if not op.builtin or (allowed is not None and op.opcode not in allowed)}
+        {
+            op.opcode
+            for op in graph.ops
+            if not op.builtin or (allowed is not None and op.opcode not in allowed)
+        }
     )
     bad_dtypes = sorted(graph.dtypes - set(device.dtypes))
     return Estimate(

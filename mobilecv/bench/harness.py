@@ -3,6 +3,7 @@ runtime becomes a failed result with a reason instead of taking mobilecv down.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -42,7 +43,9 @@ class RunConfig:
         available = _available_cores()
         bad = [c for c in self.cores if available is not None and c not in available]
         if bad:
-            raise InputError(f"cores {bad} not available (this process may use {sorted(available)})")
+            raise InputError(
+                f"cores {bad} not available (this process may use {sorted(available)})"
+            )
         for f in self.inputs:
             if not Path(f).is_file():
                 raise InputError(f"{f}: no such input file")
@@ -105,10 +108,8 @@ def measure(path: str | os.PathLike, config: RunConfig = RunConfig(), device: st
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _failed(reason: str, stderr: bytes | None = None) -> dict:

@@ -75,12 +75,18 @@ def _child_main() -> None:
                     lo = mid
             result["min_arena_bytes"] = hi
     except RuntimeError as exc:
-        result = {"ok": False, "error": str(exc).strip().splitlines()[-1] if str(exc).strip() else "RuntimeError"}
+        result = {
+            "ok": False,
+            "error": str(exc).strip().splitlines()[-1] if str(exc).strip() else "RuntimeError",
+        }
     Path(out).write_text(json.dumps(result))
 
 
 def run(
-    path: str | os.PathLike, arena_size: int | None = None, find_min: bool = True, timeout_s: float = 120
+    path: str | os.PathLike,
+    arena_size: int | None = None,
+    find_min: bool = True,
+    timeout_s: float = 120,
 ) -> dict:
     """Run `path` on TFLM once. Returns {"ok", "arena_bytes" (total used), "arena_head_bytes",
     "arena_tail_bytes", "min_arena_bytes", "unresolved_ops", "error"}."""
@@ -89,7 +95,15 @@ def run(
     with tempfile.TemporaryDirectory(prefix="mobilecv-tflm-") as tmp:
         out = Path(tmp) / "r.json"
         code = "from mobilecv.bench.micro import _child_main; _child_main()"
-        cmd = [sys.executable, "-c", code, str(path), str(out), str(arena), "1" if find_min else "0"]
+        cmd = [
+            sys.executable,
+            "-c",
+            code,
+            str(path),
+            str(out),
+            str(arena),
+            "1" if find_min else "0",
+        ]
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -98,7 +112,11 @@ def run(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            return {"ok": False, "error": f"TFLM timed out after {timeout_s:g} s", "unresolved_ops": []}
+            return {
+                "ok": False,
+                "error": f"TFLM timed out after {timeout_s:g} s",
+                "unresolved_ops": [],
+            }
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -25,17 +25,15 @@ SCHEMA_VERSION = 1
 
 def _interpreter_class():
     try:
-        from ai_edge_litert.interpreter import Interpreter
-
         import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter, f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
     except ImportError:
         pass
     try:
-        from tflite_runtime.interpreter import Interpreter
-
         import tflite_runtime
+        from tflite_runtime.interpreter import Interpreter
 
         return Interpreter, f"tflite_runtime {getattr(tflite_runtime, '__version__', '?')}"
     except ImportError:

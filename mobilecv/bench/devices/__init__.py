@@ -18,13 +18,13 @@ from mobilecv.errors import InputError
 HERE = Path(__file__).parent
 
 
-class Runtime(str, enum.Enum):
+class Runtime(enum.StrEnum):
     LITERT = "litert"  # full LiteRT (TFLite) with XNNPACK on a CPU
     TFLM = "tflm"  # TensorFlow Lite Micro: builtins only, static arena
     EDGETPU = "edgetpu"  # full-integer only accelerator
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     CPU = "cpu"
     MCU = "mcu"
     ACCELERATOR = "accelerator"
@@ -171,12 +171,18 @@ def parse_profile(data: dict, origin: str = "<profile>") -> Device:
         cores=int(_number(name, "cores", data["cores"])),
         clock_mhz=float(_number(name, "clock_mhz", data["clock_mhz"])),
         macs_per_s={k: float(v) for k, v in macs.items()},
-        memory_bandwidth_gbs=float(_number(name, "memory_bandwidth_gbs", data["memory_bandwidth_gbs"])),
+        memory_bandwidth_gbs=float(
+            _number(name, "memory_bandwidth_gbs", data["memory_bandwidth_gbs"])
+        ),
         ram_bytes=int(_number(name, "ram_bytes", data["ram_bytes"])),
         flash_bytes=int(_number(name, "flash_bytes", data["flash_bytes"])),
-        runtime_flash_bytes=int(_number(name, "runtime_flash_bytes", data["runtime_flash_bytes"], False)),
+        runtime_flash_bytes=int(
+            _number(name, "runtime_flash_bytes", data["runtime_flash_bytes"], False)
+        ),
         runtime_ram_bytes=int(_number(name, "runtime_ram_bytes", data["runtime_ram_bytes"], False)),
-        per_op_overhead_us=float(_number(name, "per_op_overhead_us", data["per_op_overhead_us"], False)),
+        per_op_overhead_us=float(
+            _number(name, "per_op_overhead_us", data["per_op_overhead_us"], False)
+        ),
         op_efficiency={k: float(v) for k, v in eff.items()},
         thread_scaling=float(scaling),
         dtypes=dtypes,
