@@ -11,6 +11,7 @@ evaluation and is never used to calibrate or tune.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from collections.abc import Callable
@@ -52,7 +53,13 @@ def _digits(count: int) -> np.ndarray:
 
 @register_calibration_source("fashion_mnist")
 def _fashion_mnist(count: int) -> np.ndarray:
-    path = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
+    return _fashion_mnist_train(FASHION_MNIST_DIR)[:count]
+
+
+@functools.lru_cache(maxsize=1)
+def _fashion_mnist_train(root: Path) -> np.ndarray:
+    # Decompressing 60k images takes seconds; calibration and verification both ask.
+    path = root / "train-images-idx3-ubyte.gz"
     if not path.is_file():
         raise InputError(
             f"Fashion-MNIST not found at {path}; install it with "
@@ -61,7 +68,7 @@ def _fashion_mnist(count: int) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
     images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    return _shuffled(images)[:count]
+    return _shuffled(images)
 
 
 def _shuffled(arr: np.ndarray) -> np.ndarray:
