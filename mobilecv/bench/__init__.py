@@ -12,8 +12,8 @@ import os
 from collections.abc import Sequence
 
 from mobilecv.bench import devices as _devices
+from mobilecv.bench import estimate as _estimate
 from mobilecv.bench.devices import Device, Runtime
-from mobilecv.bench.estimate import estimate, verdict
 from mobilecv.bench.harness import RunConfig, load_result, measure, parse_benchmark_model
 from mobilecv.bench.tflite_graph import Graph, load
 from mobilecv.errors import InputError, RunFailed
@@ -61,7 +61,7 @@ def run(
     dev = device if isinstance(device, Device) else _devices.get(device)
     if threads < 1:
         raise InputError(f"threads must be >= 1, got {threads}")
-    est = estimate(graph, dev, threads)
+    est = _estimate.estimate(graph, dev, threads)
 
     measured_names = ["model_bytes"]
     result: dict = {
@@ -126,7 +126,7 @@ def run(
         result["arena_bytes"] = est.arena_bytes if dev.runtime is Runtime.TFLM else None
 
     latency = result["latency_ms"]["p50"] if "latency_ms" in measured_names else None
-    fits, word, reasons = verdict(est, dev, max_latency_ms, latency, measured_ram)
+    fits, word, reasons = _estimate.verdict(est, dev, max_latency_ms, latency, measured_ram)
     if dev.runtime is Runtime.TFLM and not result["tflm"].get("ok"):
         reasons.append(f"tflm: {result['tflm'].get('error', 'failed')}")
     result.update(fits=fits, verdict=word, reasons=reasons)

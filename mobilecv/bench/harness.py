@@ -124,12 +124,6 @@ def _failed(reason: str, stderr: bytes | None = None) -> dict:
 
 # --- importing results measured elsewhere ---------------------------------------------
 
-_BM_PATTERNS = {
-    "init_ms": re.compile(r"Init(?:ialization)?:\s*([\d.]+)\s*ms|[Ii]nit:\s*(\d+)"),
-    "first_inference_us": re.compile(r"First inference:\s*(\d+)"),
-    "warmup_us": re.compile(r"Warmup \(avg\):\s*([\d.e+]+)"),
-    "avg_us": re.compile(r"Inference \(avg\):\s*([\d.e+]+)"),
-}
 _BM_RUN_LINE = re.compile(
     r"count=(\d+)\s+(?:first=(\d+)\s+)?curr=(\d+)\s+min=(\d+)\s+max=(\d+)\s+avg=([\d.e+]+)\s+std=(\d+)"
 )

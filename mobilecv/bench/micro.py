@@ -123,7 +123,16 @@ def run(
                 proc.wait()
         log = text.decode(errors="replace")
         result = json.loads(out.read_text()) if out.exists() else {"ok": False}
-    unresolved = sorted({m for rx in _UNRESOLVED for m in rx.findall(log)})
+    unresolved = {m for rx in _UNRESOLVED for m in rx.findall(log)}
+    if "CUSTOM" in unresolved:  # TFLM names only the op kind; the graph has the names
+        from mobilecv.bench.tflite_graph import load
+
+        unresolved.discard("CUSTOM")
+        try:
+            unresolved.update(load(path).custom_ops or ["CUSTOM"])
+        except ValueError:
+            unresolved.add("CUSTOM")
+    unresolved = sorted(unresolved)
     result["unresolved_ops"] = unresolved
     if proc.returncode and proc.returncode < 0:
         result["ok"] = False

@@ -217,10 +217,19 @@ def _parse(data: bytes, name: str) -> Graph:
         raise InputError(f"{name}: corrupt or truncated .tflite file (root offset past the end)")
     model = fb.Model.GetRootAs(data, 0)
     if model.SubgraphsLength() < 1:
-        raise InputError(f"{name}: model has no subgraphs")
+        raise InputError(f"{name}: corrupt .tflite file (model has no subgraphs)")
+
+    def count(n: int, what: str) -> int:
+        # Every vector element takes at least 4 bytes: a larger count is garbage, and
+        # looping over it would take forever instead of failing.
+        if n < 0 or n * 4 > size:
+            raise InputError(f"{name}: corrupt .tflite file ({what} count {n})")
+        return n
+
+    count(model.SubgraphsLength(), "subgraph")
 
     buffer_bytes: list[int] = []
-    for b in range(model.BuffersLength()):
+    for b in range(count(model.BuffersLength(), "buffer")):
         buf = model.Buffers(b)
         n = buf.DataLength()
         if n == 0 and buf.Size() > 0:  # weights stored after the flatbuffer (>2 GB models)
@@ -235,7 +244,7 @@ def _parse(data: bytes, name: str) -> Graph:
         buffer_bytes.append(n)
 
     codes = []
-    for c in range(model.OperatorCodesLength()):
+    for c in range(count(model.OperatorCodesLength(), "opcode")):
         oc = model.OperatorCodes(c)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
         if code == fb.BuiltinOperator.CUSTOM:
@@ -246,9 +255,9 @@ def _parse(data: bytes, name: str) -> Graph:
 
     sg = model.Subgraphs(0)
     tensors = []
-    for t in range(sg.TensorsLength()):
+    for t in range(count(sg.TensorsLength(), "tensor")):
         tt = sg.Tensors(t)
-        shape = _ints(tt.Shape, tt.ShapeLength())
+        shape = _ints(tt.Shape, count(tt.ShapeLength(), "shape"))
         sig = _ints(tt.ShapeSignature, tt.ShapeSignatureLength()) or shape
         q = tt.Quantization()
         scale: tuple[float, ...] = ()
@@ -276,14 +285,14 @@ def _parse(data: bytes, name: str) -> Graph:
 
     ops = []
     n_t = len(tensors)
-    for i in range(sg.OperatorsLength()):
+    for i in range(count(sg.OperatorsLength(), "operator")):
         o = sg.Operators(i)
         idx = o.OpcodeIndex()
         if idx >= len(codes):
             raise InputError(f"{name}: corrupt .tflite file (op {i} has opcode index {idx})")
         opcode, builtin, version = codes[idx]
-        ins = _ints(o.Inputs, o.InputsLength())
-        outs = _ints(o.Outputs, o.OutputsLength())
+        ins = _ints(o.Inputs, count(o.InputsLength(), "input"))
+        outs = _ints(o.Outputs, count(o.OutputsLength(), "output"))
         if any(j >= n_t for j in (*ins, *outs)):
             raise InputError(f"{name}: corrupt .tflite file (op {i} names a missing tensor)")
         options = _options(o, fb, opcode) if builtin else {}
