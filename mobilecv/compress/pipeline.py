@@ -1,0 +1,217 @@
+"""prune -> cluster -> QAT as one chain, fine-tuning on train and measuring on held-out data.
+
+Each stage fine-tunes on the TRAIN split, is stripped of its wrappers, and is then
+measured on the validation split carved from train: accuracy, kernel sparsity and
+distinct weight values. Clustering after pruning preserves the zeros; QAT after
+pruning/clustering uses the matching preserving scheme (PQAT / CQAT / PCQAT), so
+what one stage bought is not undone by the next.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mobilecv.compress import cluster as cluster_mod
+from mobilecv.compress import prune as prune_mod
+from mobilecv.compress import qat as qat_mod
+from mobilecv.compress._common import kernels, overall_sparsity, require_tf_keras, unique_counts
+from mobilecv.errors import InputError
+from mobilecv.train import Splits, evaluate, fit, load_splits, steps_per_epoch
+
+# Weights measured for the report: every conv/dense kernel a technique may touch.
+MEASURED = {"Conv2D": ("kernel",), "Dense": ("kernel",)}
+
+
+@dataclass
+class StageReport:
+    stage: str
+    val_accuracy: float
+    val_loss: float
+    sparsity: float
+    max_unique_weights: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompressReport:
+    dataset: str
+    train_samples: int
+    val_samples: int
+    epochs: int
+    batch_size: int
+    stages: list[StageReport] = field(default_factory=list)
+    qat_scheme: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def stage(self, name: str) -> StageReport:
+        for item in self.stages:
+            if item.stage == name:
+                return item
+        raise KeyError(f"no stage {name!r} in the report")
+
+
+def measure(
+    model, splits: Splits, stage: str, seconds: float, batch_size: int, **details
+) -> StageReport:
+    weights = kernels(model, MEASURED)
+    result = evaluate(model, splits.validation, batch_size)
+    counts = unique_counts(weights)
+    return StageReport(
+        stage=stage,
+        val_accuracy=round(result["accuracy"], 4),
+        val_loss=round(result["loss"], 4),
+        sparsity=round(overall_sparsity(weights), 4),
+        max_unique_weights=max(counts.values()) if counts else 0,
+        seconds=round(seconds, 2),
+        details=details,
+    )
+
+
+def compress(
+    model,
+    data: str | os.PathLike | Splits,
+    *,
+    prune: float | None = None,
+    prune_2by4: bool = False,
+    prune_policy: str = "all",
+    cluster: int | None = None,
+    qat: bool = False,
+    epochs: int = 2,
+    batch_size: int = 32,
+    learning_rate: float = 1e-4,
+    limit: int | None = None,
+    progress: bool = True,
+):
+    """Chain the requested techniques. Returns (model, CompressReport).
+
+    The returned model is stripped of pruning/clustering wrappers; after QAT it is the
+    fake-quantised model, which the TFLite converter turns into an int8 model.
+    """
+    require_tf_keras(model, "compress")
+    if prune is not None and prune_2by4:
+        raise InputError("choose either --prune SPARSITY or --prune-2by4, not both")
+    if prune is None and not prune_2by4 and cluster is None and not qat:
+        raise InputError("nothing to do: pass at least one of prune, prune_2by4, cluster, qat")
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
+    splits = load_splits(data, limit=limit)
+    report = CompressReport(
+        dataset=splits.train.name,
+        train_samples=len(splits.train),
+        val_samples=len(splits.validation),
+        epochs=epochs,
+        batch_size=batch_size,
+    )
+    report.stages.append(measure(model, splits, "baseline", 0.0, batch_size))
+    pruned = clustered = False
+
+    if prune is not None or prune_2by4:
+        start = time.perf_counter()
+        wrapped, info = prune_mod.prune(
+            model,
+            prune,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch(len(splits.train), batch_size),
+            m_by_n=(2, 4) if prune_2by4 else None,
+            policy=prune_policy,
+        )
+        fit(
+            wrapped,
+            splits,
+            epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            callbacks=prune_mod.callbacks(),
+            progress=progress,
+        )
+        model = prune_mod.strip(wrapped)
+        per_layer = prune_mod.measured_sparsity(model, info.layers)
+        details = {**info.to_dict(), "layer_sparsity": per_layer}
+        if prune_2by4:
+            pruned_kernels = kernels(model, prune_mod.SUPPORTED_LAYERS, set(info.layers))
+            details["m_by_n_violations"] = sum(
+                prune_mod.m_by_n_violations(k) for k in pruned_kernels.values()
+            )
+        report.stages.append(
+            measure(model, splits, "prune", time.perf_counter() - start, batch_size, **details)
+        )
+        pruned = True
+
+    if cluster is not None:
+        start = time.perf_counter()
+        wrapped, info = cluster_mod.cluster(model, cluster, preserve_sparsity=pruned)
+        fit(
+            wrapped,
+            splits,
+            epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            progress=progress,
+        )
+        model = cluster_mod.strip(wrapped)
+        details = {
+            **info.to_dict(),
+            "unique_weights": cluster_mod.unique_weights(model, info.layers),
+        }
+        report.stages.append(
+            measure(model, splits, "cluster", time.perf_counter() - start, batch_size, **details)
+        )
+        clustered = True
+
+    if qat:
+        start = time.perf_counter()
+        if clustered:
+            scheme = (
+                qat_mod.QuantScheme.SPARSE_CLUSTER_PRESERVE
+                if pruned
+                else qat_mod.QuantScheme.CLUSTER_PRESERVE
+            )
+        elif pruned:
+            scheme = qat_mod.QuantScheme.PRUNE_PRESERVE
+        else:
+            scheme = qat_mod.QuantScheme.DEFAULT
+        model = qat_mod.quantize(model, scheme)
+        fit(
+            model,
+            splits,
+            epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            progress=progress,
+        )
+        report.qat_scheme = scheme.value
+        report.stages.append(
+            measure(
+                model, splits, "qat", time.perf_counter() - start, batch_size, scheme=scheme.value
+            )
+        )
+    return model, report
+
+
+def save(
+    model, report: CompressReport, out_dir: str | os.PathLike, force: bool = False
+) -> dict[str, str]:
+    """Write the model and report.json atomically into out_dir.
+
+    A QAT model is written as .h5: tf_keras cannot reload tfmot's quantize layers from
+    .keras ("expected 5 variables, received 3"). Load it with `qat.load()`.
+    """
+    from pathlib import Path
+
+    from mobilecv.fileio import write_json
+    from mobilecv.modelio import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = ".h5" if report.qat_scheme else ".keras"
+    model_path = out / f"model{suffix}"
+    save_model(model, model_path, force=force)
+    payload = {**report.to_dict(), "model": str(model_path)}
+    report_path = write_json(out / "report.json", payload, force=force)
+    return {"model": str(model_path), "report": str(report_path)}

@@ -1,0 +1,213 @@
+"""Magnitude pruning (Zhu & Gupta, 2017) with tfmot: polynomial schedule, 2:4, 1x1-only.
+
+tfmot's PolynomialDecay defaults to frequency=100: a fine-tune shorter than ~100
+steps never reaches its target (the mask only updates at step 0, at sparsity 0).
+`derive_schedule` sizes begin/end/frequency from epochs x steps per epoch so the
+final mask update lands exactly on the target, with a quarter of the run left for
+the weights to recover.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from mobilecv.compress._common import (
+    check_supported,
+    clone,
+    copy_layer,
+    kernels,
+    overall_sparsity,
+    require_tf_keras,
+    sparsity_of,
+    unwrap,
+)
+from mobilecv.errors import InputError
+
+TECHNIQUE = "prune"
+
+# Layer type -> weights pruned. An empty tuple means "allowed, left dense": tfmot does
+# not prune depthwise kernels (they hold ~1-3% of a MobileNet's weights anyway).
+SUPPORTED_LAYERS: dict[str, tuple[str, ...]] = {
+    "Conv2D": ("kernel",),
+    "DepthwiseConv2D": (),
+    "Dense": ("kernel",),
+}
+# 2:4 groups run along the input-channel axis, which depthwise kernels do not have.
+M_BY_N_LAYERS = ("Conv2D", "Dense")
+
+
+class PrunePolicy(enum.StrEnum):
+    ALL = "all"  # every supported layer
+    ONE_BY_ONE = "1x1"  # XNNPACK's sparse path accelerates only 1x1 convolutions
+
+
+@dataclass(frozen=True)
+class Schedule:
+    begin_step: int
+    end_step: int
+    frequency: int
+
+
+@dataclass
+class PruneInfo:
+    sparsity: float
+    m_by_n: tuple[int, int] | None
+    policy: str
+    schedule: Schedule
+    layers: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def derive_schedule(epochs: int, steps_per_epoch: int, end_fraction: float = 0.75) -> Schedule:
+    """begin=0; end at ~75% of the run, on a multiple of frequency; ~10 mask updates."""
+    total = int(epochs) * int(steps_per_epoch)
+    if total < 2:
+        raise InputError(
+            f"pruning needs at least 2 training steps, got epochs={epochs} x steps={steps_per_epoch}"
+        )
+    frequency = max(1, min(100, total // 10))
+    end = (int(total * end_fraction) // frequency) * frequency
+    end = min(max(end, frequency), total - 1)
+    return Schedule(begin_step=0, end_step=end, frequency=frequency)
+
+
+def _selected(layer, policy: PrunePolicy, m_by_n) -> str | None:
+    """None if the layer is pruned, else the reason it is left dense."""
+    kind = type(layer).__name__
+    if not SUPPORTED_LAYERS.get(kind):
+        return (
+            "no prunable weights"
+            if kind not in SUPPORTED_LAYERS
+            else f"tfmot does not prune {kind}"
+        )
+    if policy is PrunePolicy.ONE_BY_ONE and not (
+        kind == "Conv2D" and tuple(layer.kernel_size) == (1, 1)
+    ):
+        return "policy 1x1 prunes only 1x1 Conv2D"
+    if m_by_n is not None:
+        if kind not in M_BY_N_LAYERS:
+            return f"{kind} has no input-channel axis for {m_by_n[0]}:{m_by_n[1]} groups"
+        cin = int(layer.kernel.shape[-2])
+        if cin % m_by_n[1]:
+            return f"{cin} input channels are not a multiple of {m_by_n[1]}"
+    return None
+
+
+def prune(
+    model,
+    sparsity: float | None = None,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    m_by_n: tuple[int, int] | None = None,
+    policy: str | PrunePolicy = PrunePolicy.ALL,
+    frequency: int | None = None,
+):
+    """Wrap the selected layers for magnitude pruning. Returns (wrapped_model, PruneInfo).
+
+    Train the wrapped model with `callbacks()`; then `strip()` it. `frequency`
+    overrides the derived one (only to demonstrate the short-run trap).
+    """
+    import tensorflow_model_optimization as tfmot
+
+    require_tf_keras(model, TECHNIQUE)
+    try:
+        policy = PrunePolicy(policy)
+    except ValueError:
+        raise InputError(
+            f"prune policy must be one of {', '.join(p.value for p in PrunePolicy)}, got {policy!r}"
+        ) from None
+    if m_by_n is None:
+        if sparsity is None or not 0.0 < float(sparsity) < 1.0:
+            raise InputError(f"prune sparsity must be in (0, 1), got {sparsity}")
+    elif tuple(m_by_n) != (2, 4):
+        raise InputError(f"only 2:4 structured sparsity is supported, got {m_by_n}")
+    check_supported(model, TECHNIQUE, SUPPORTED_LAYERS)
+    schedule = derive_schedule(epochs, steps_per_epoch)
+    if frequency is not None:
+        schedule = Schedule(schedule.begin_step, schedule.end_step, int(frequency))
+    sched = tfmot.sparsity.keras
+    if m_by_n is not None:
+        target = m_by_n[0] / m_by_n[1]
+        pruning_schedule = sched.ConstantSparsity(
+            target,
+            begin_step=schedule.begin_step,
+            end_step=schedule.end_step,
+            frequency=schedule.frequency,
+        )
+    else:
+        target = float(sparsity)
+        pruning_schedule = sched.PolynomialDecay(
+            initial_sparsity=0.0,
+            final_sparsity=target,
+            begin_step=schedule.begin_step,
+            end_step=schedule.end_step,
+            frequency=schedule.frequency,
+        )
+    info = PruneInfo(
+        sparsity=target,
+        m_by_n=tuple(m_by_n) if m_by_n else None,
+        policy=policy.value,
+        schedule=schedule,
+    )
+
+    def wrap(layer):
+        reason = _selected(layer, policy, m_by_n)
+        if reason is not None:
+            if type(layer).__name__ in SUPPORTED_LAYERS:
+                info.skipped[layer.name] = reason
+            return copy_layer(layer)
+        info.layers.append(layer.name)
+        kwargs = {"sparsity_m_by_n": tuple(m_by_n)} if m_by_n else {}
+        fresh = copy_layer(layer)
+        return sched.prune_low_magnitude(fresh, pruning_schedule=pruning_schedule, **kwargs)
+
+    wrapped = clone(model, wrap)
+    if not info.layers:
+        raise InputError(
+            f"{TECHNIQUE}: no layer qualifies under policy {policy.value!r} ({len(info.skipped)} skipped)"
+        )
+    return wrapped, info
+
+
+def callbacks() -> list:
+    """The callback that advances tfmot's pruning step; pass it to fit()."""
+    import tensorflow_model_optimization as tfmot
+
+    return [tfmot.sparsity.keras.UpdatePruningStep()]
+
+
+def strip(model):
+    """Remove pruning wrappers, leaving plain layers whose kernels hold the zeros."""
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot.sparsity.keras.strip_pruning(model)
+
+
+def measured_sparsity(model, layers: list[str] | None = None) -> dict[str, float]:
+    """Fraction of exact zeros per pruned kernel (works on wrapped or stripped models)."""
+    return sparsity_of(kernels(model, SUPPORTED_LAYERS, set(layers) if layers else None))
+
+
+def overall(model, layers: list[str] | None = None) -> float:
+    return overall_sparsity(kernels(model, SUPPORTED_LAYERS, set(layers) if layers else None))
+
+
+def m_by_n_violations(kernel: np.ndarray, m_by_n: tuple[int, int] = (2, 4)) -> int:
+    """Number of n-groups along the input-channel axis with fewer than m zeros."""
+    m, n = m_by_n
+    groups = np.moveaxis(np.asarray(kernel), -2, -1)  # input channels last
+    if groups.shape[-1] % n:
+        raise ValueError(f"input channels {groups.shape[-1]} are not a multiple of {n}")
+    groups = groups.reshape(-1, n)
+    return int(np.sum(np.sum(groups == 0, axis=1) < m))
+
+
+def layer_names_of(model) -> list[str]:
+    return [unwrap(layer).name for layer in model.layers]

@@ -1,0 +1,280 @@
+"""Quantisation-aware training (Jacob et al., 2018) with tfmot's 8-bit scheme.
+
+Three schemes: plain 8-bit QAT, PQAT (keeps pruning zeros) and CQAT (keeps the
+cluster centroids, optionally also the zeros). tfmot has no QuantizeConfig for the
+layers an EfficientNet needs:
+
+- `Rescaling` / `Normalization` at the input and `Multiply` in squeeze-excite are
+  rejected outright; `OutputQuantizeConfig` quantises just their output, which is
+  what the TFLite kernels (MUL, and the affine ops the input scaling folds into)
+  need to run in int8.
+- A Conv2D/Dense with a *fused* swish (SE's first 1x1 conv) is accepted but only
+  fake-quantised after the activation, so the converter cannot give the conv an
+  int8 output and leaves CONV_2D in float. `split_fused_activations` rewrites such
+  layers into linear layer + `Activation`, which tfmot quantises on both sides.
+  relu6 fused into a conv is split for the same reason (tfmot rejects it there).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import os
+
+from mobilecv._tf import get_keras
+from mobilecv.compress._common import clone, copy_layer, require_tf_keras, unwrap
+from mobilecv.errors import InputError
+
+TECHNIQUE = "qat"
+
+
+class QuantScheme(enum.StrEnum):
+    DEFAULT = "default"  # 8-bit QAT
+    PRUNE_PRESERVE = "pqat"  # sparsity-preserving
+    CLUSTER_PRESERVE = "cqat"  # cluster-preserving
+    SPARSE_CLUSTER_PRESERVE = "pcqat"  # cluster- and sparsity-preserving
+
+
+class Handling(enum.StrEnum):
+    TFMOT = "tfmot"  # tfmot's default 8-bit registry quantises it
+    OUTPUT = "output"  # our OutputQuantizeConfig: quantise the output only
+
+
+# The table of layers QAT supports, and who quantises each.
+SUPPORTED_LAYERS: dict[str, Handling] = {
+    **{
+        name: Handling.TFMOT
+        for name in (
+            "Conv2D",
+            "DepthwiseConv2D",
+            "SeparableConv2D",
+            "Conv2DTranspose",
+            "Dense",
+            "BatchNormalization",  # folded into the preceding conv by tfmot's transforms
+            "ReLU",
+            "LeakyReLU",
+            "Activation",
+            "Softmax",
+            "Add",
+            "Concatenate",
+            "AveragePooling2D",
+            "MaxPooling2D",
+            "GlobalAveragePooling2D",
+            "GlobalMaxPooling2D",
+            "Reshape",
+            "Flatten",
+            "Dropout",
+            "ZeroPadding2D",
+            "Cropping2D",
+            "UpSampling2D",
+            "Permute",
+        )
+    },
+    "Rescaling": Handling.OUTPUT,
+    "Normalization": Handling.OUTPUT,
+    "Multiply": Handling.OUTPUT,
+}
+
+# Activations fused into Conv2D/DepthwiseConv2D/Dense that must become their own layer.
+SPLIT_ACTIVATIONS = ("swish", "silu", "relu6")
+SPLIT_LAYERS = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _output_quantize_config_class():
+    """Built lazily: the base class lives in tfmot, which imports TensorFlow."""
+    global _OUTPUT_CONFIG
+    if _OUTPUT_CONFIG is not None:
+        return _OUTPUT_CONFIG
+    import tensorflow_model_optimization as tfmot
+
+    K = get_keras("tf_keras")
+    quantizers = tfmot.quantization.keras.quantizers
+
+    @K.utils.register_keras_serializable(package="mobilecv")
+    class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        """Quantise only a layer's output (8-bit, asymmetric, moving-average range)."""
+
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [
+                quantizers.MovingAverageQuantizer(
+                    num_bits=8, per_axis=False, symmetric=False, narrow_range=False
+                )
+            ]
+
+        def get_config(self):
+            return {}
+
+    _OUTPUT_CONFIG = OutputQuantizeConfig
+    return OutputQuantizeConfig
+
+
+_OUTPUT_CONFIG = None
+
+
+def custom_objects() -> dict:
+    """Objects needed to load a saved QAT model (use with quantize_scope)."""
+    cls = _output_quantize_config_class()
+    return {"OutputQuantizeConfig": cls, "mobilecv>OutputQuantizeConfig": cls}
+
+
+def check_supported(model) -> None:
+    for layer in model.layers:
+        inner = unwrap(layer)
+        kind = type(inner).__name__
+        if kind == "InputLayer" or kind in SUPPORTED_LAYERS:
+            continue
+        supported = ", ".join(sorted(SUPPORTED_LAYERS))
+        raise InputError(
+            f"{TECHNIQUE}: layer {layer.name!r} ({kind}) is not supported; {TECHNIQUE} supports {supported}"
+        )
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") if activation is not None else ""
+
+
+def _replace_refs(node, old: str, new: str):
+    if isinstance(node, list):
+        if len(node) >= 3 and node[0] == old and isinstance(node[1], int):
+            return [new, *node[1:]]
+        return [_replace_refs(item, old, new) for item in node]
+    return node
+
+
+def split_fused_activations(model):
+    """Rewrite Conv/Dense layers with a fused swish/relu6 into linear layer + Activation.
+
+    Returns the model unchanged when there is nothing to split. Weights are copied by
+    layer name, so the result computes the same function.
+    """
+    targets = [
+        layer.name
+        for layer in model.layers
+        if type(layer).__name__ in SPLIT_LAYERS and _activation_name(layer) in SPLIT_ACTIVATIONS
+    ]
+    if not targets:
+        return model
+    K = get_keras("tf_keras")
+    config = copy.deepcopy(model.get_config())
+    if "layers" not in config or "output_layers" not in config:
+        raise InputError(
+            f"{TECHNIQUE}: only functional or sequential tf_keras models can be quantised"
+        )
+    taken = {layer["name"] for layer in config["layers"]}
+    rename = {}
+    layers = []
+    for entry in config["layers"]:
+        layers.append(entry)
+        name = entry["config"]["name"]
+        if name in targets:
+            if len(entry["inbound_nodes"]) != 1:
+                raise InputError(
+                    f"{TECHNIQUE}: layer {name!r} is shared; cannot split its fused activation"
+                )
+            activation = entry["config"]["activation"]
+            entry["config"]["activation"] = "linear"
+            new = f"{name}_activation"
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            rename[name] = new
+            layers.append(
+                {
+                    "class_name": "Activation",
+                    "name": new,
+                    "config": {
+                        "name": new,
+                        "trainable": entry["config"].get("trainable", True),
+                        "dtype": "float32",
+                        "activation": activation,
+                    },
+                    "inbound_nodes": [[[name, 0, 0, {}]]],
+                }
+            )
+    # Consumers of a split layer now read from its new Activation layer.
+    inserted = set(rename.values())
+    for entry in layers:
+        if entry["name"] not in inserted:
+            entry["inbound_nodes"] = _rename_all(entry["inbound_nodes"], rename)
+    config["layers"] = layers
+    config["output_layers"] = _rename_all(config["output_layers"], rename)
+    rebuilt = K.Model.from_config(config)
+    for layer in model.layers:
+        if layer.weights:
+            rebuilt.get_layer(layer.name).set_weights(layer.get_weights())
+    return rebuilt
+
+
+def _rename_all(node, rename):
+    for old, new in rename.items():
+        node = _replace_refs(node, old, new)
+    return node
+
+
+def _scheme(scheme: QuantScheme):
+    import tensorflow_model_optimization as tfmot
+
+    combine = tfmot.experimental.combine
+    if scheme is QuantScheme.DEFAULT:
+        return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    if scheme is QuantScheme.PRUNE_PRESERVE:
+        return combine.Default8BitPrunePreserveQuantizeScheme()
+    if scheme is QuantScheme.CLUSTER_PRESERVE:
+        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False)
+    return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
+
+
+def quantize(model, scheme: str | QuantScheme = QuantScheme.DEFAULT):
+    """Return a QAT model (fake-quant wrappers) ready for fine-tuning and int8 conversion.
+
+    Pass a *stripped* pruned/clustered model with scheme pqat/cqat/pcqat.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    require_tf_keras(model, TECHNIQUE)
+    try:
+        scheme = QuantScheme(scheme)
+    except ValueError:
+        raise InputError(
+            f"qat scheme must be one of {', '.join(s.value for s in QuantScheme)}, got {scheme!r}"
+        ) from None
+    check_supported(model)
+    model = split_fused_activations(model)
+    api = tfmot.quantization.keras
+    config_cls = _output_quantize_config_class()
+
+    def annotate(layer):
+        fresh = copy_layer(layer)
+        if SUPPORTED_LAYERS.get(type(layer).__name__) is Handling.OUTPUT:
+            return api.quantize_annotate_layer(fresh, config_cls())
+        return api.quantize_annotate_layer(fresh)
+
+    annotated = clone(model, annotate)
+    try:
+        with api.quantize_scope(custom_objects()):
+            return api.quantize_apply(annotated, _scheme(scheme))
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"{TECHNIQUE}: {str(exc).splitlines()[0]}") from exc
+
+
+def load(path: str | os.PathLike):
+    """Load a saved QAT model (needs tfmot's and our quantize configs in scope)."""
+    import tensorflow_model_optimization as tfmot
+
+    from mobilecv.modelio import load_model
+
+    with tfmot.quantization.keras.quantize_scope(custom_objects()):
+        return load_model(path, keras="tf_keras")
