@@ -322,6 +322,7 @@ def convert(
     verify: bool = True,
     verify_samples: int = DEFAULT_VERIFY_SAMPLES,
     sparse: bool | None = None,
+    progress: bool = True,
 ) -> ConversionResult:
     """Convert a Keras model (tf_keras, Keras 3 or tfmot QAT) to .tflite bytes.
 
@@ -332,6 +333,7 @@ def convert(
     io: int8 mode: "int8" (default) or "float"; int16x8: "float" (default) or "int16".
     sparse: use the converter's sparse weight encoding; None = when >= 50% of kernel
       weights are zero.
+    progress: show a tqdm bar on stderr (only when stderr is a terminal).
     """
     start = time.perf_counter()
     mode = _enum(Quantize, quantize, "quantize")
@@ -376,12 +378,26 @@ def convert(
             _configure(conv, mode, io_type, calib, qat, use_sparse)
             return _run_converter(conv)
 
-        data = build(sparse)
-        verification = None
-        if verify:
-            data, verification, sparse = _verify_or_repair(
-                data, model, check, data_kind, mode, sparse, build, notes
-            )
+        from tqdm import tqdm
+
+        # disable=None: the bar only shows on a terminal, never in logs or pipes.
+        with tqdm(
+            total=2 if verify else 1,
+            desc=f"tflite {mode.value}",
+            unit="stage",
+            disable=None if progress else True,
+            leave=False,
+        ) as bar:
+            bar.set_postfix_str("converting")
+            data = build(sparse)
+            bar.update()
+            verification = None
+            if verify:
+                bar.set_postfix_str("verifying in LiteRT")
+                data, verification, sparse = _verify_or_repair(
+                    data, model, check, data_kind, mode, sparse, build, notes
+                )
+                bar.update()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     notes.extend(_graph_notes(data, mode))
@@ -597,5 +613,6 @@ def resolve_model(spec: str | os.PathLike):
 
     try:
         return mobilecv.build(str(spec))
-    except KeyError:
-        raise InputError(f"{spec}: neither a model file nor a registered model name") from None
+    except KeyError as exc:
+        reason = exc.args[0] if exc.args else "unknown model"
+        raise InputError(f"{spec}: no such model file, and {reason}") from None

@@ -308,3 +308,31 @@ def test_cli_convert_truncated_h5(tmp_path, trained):
     src.write_bytes(data[: len(data) // 2])
     res = CliRunner().invoke(convert_cmd, [str(src), "-o", str(tmp_path / "o.tflite")])
     assert res.exit_code == 2 and res.output.startswith("Error:"), res.output
+
+
+def test_cli_unknown_model_name_is_one_line_error(tmp_path):
+    res = CliRunner().invoke(convert_cmd, ["mobilenet_v9", "-o", str(tmp_path / "o.tflite")])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("Error: mobilenet_v9") and "did you mean" in res.output
+
+
+def test_conversion_prints_no_chatter():
+    """TensorFlow, the MLIR converter and LiteRT all write to fd 1/2 from C++;
+    a conversion in a fresh process must leave both streams empty."""
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from mobilecv._tf import get_keras\n"
+        "from converters.tflite import convert\n"
+        "k = get_keras('tf_keras')\n"
+        "inp = k.Input((8, 8, 1)); x = k.layers.Conv2D(4, 3)(inp)\n"
+        "out = k.layers.Dense(3)(k.layers.Flatten()(x))\n"
+        "r = convert(k.Model(inp, out), 'int8', calibration='digits', samples=8, verify_samples=4)\n"
+        "assert r.verification.samples == 4\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MOBILECV_VERBOSE_TF"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the library must quieten TF by itself
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and proc.stderr == "", (proc.stdout + proc.stderr)[-2000:]
