@@ -1,0 +1,300 @@
+"""Every compression technique on a tiny model with a few hundred digits, each property measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilecv._tf import get_keras, silenced_stderr, tf
+from mobilecv.compress import cluster as C
+from mobilecv.compress import prune as P
+from mobilecv.compress import qat as Q
+from mobilecv.compress._common import kernels
+from mobilecv.compress.pipeline import compress
+from mobilecv.errors import InputError
+from mobilecv.train import evaluate, fit, load_splits, steps_per_epoch
+
+BATCH = 32
+_CACHE: dict = {}
+
+
+def splits():
+    if "splits" not in _CACHE:
+        _CACHE["splits"] = load_splits("digits", limit=320)
+    return _CACHE["splits"]
+
+
+def tiny_model():
+    K = get_keras("tf_keras")
+    i = K.Input((16, 16, 1))
+    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(i)
+    x = K.layers.MaxPooling2D()(x)
+    x = K.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = K.layers.Conv2D(16, 1, activation="relu", name="pw")(x)
+    x = K.layers.MaxPooling2D()(x)
+    x = K.layers.Flatten()(x)
+    x = K.layers.Dense(10, name="head")(x)
+    return K.Model(i, x)
+
+
+def trained():
+    """A trained tiny model (~3.4k params), cached; callers get a copy."""
+    if "weights" not in _CACHE:
+        model = tiny_model()
+        fit(model, splits(), 4, batch_size=BATCH, learning_rate=5e-3, progress=False)
+        _CACHE["weights"] = model.get_weights()
+        _CACHE["accuracy"] = evaluate(model, splits().validation)["accuracy"]
+    model = tiny_model()
+    model.set_weights(_CACHE["weights"])
+    return model
+
+
+def se_model():
+    """EfficientNet-style: Rescaling input, MBConv-ish body with a squeeze-excite block."""
+    K = get_keras("tf_keras")
+    inp = K.Input((16, 16, 1))
+    x = K.layers.Rescaling(1.0 / 255.0, name="rescale")(inp)
+    x = K.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = K.layers.BatchNormalization(name="stem_bn")(x)
+    x = K.layers.Activation("swish", name="stem_act")(x)
+    x = K.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = K.layers.BatchNormalization(name="dw_bn")(x)
+    x = K.layers.Activation("swish", name="dw_act")(x)
+    s = K.layers.GlobalAveragePooling2D(name="se_squeeze")(x)
+    s = K.layers.Reshape((1, 1, 8), name="se_reshape")(s)
+    s = K.layers.Conv2D(4, 1, activation="swish", name="se_reduce")(s)
+    s = K.layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+    x = K.layers.Multiply(name="se_excite")([x, s])
+    x = K.layers.Conv2D(16, 1, use_bias=False, name="project")(x)
+    x = K.layers.BatchNormalization(name="project_bn")(x)
+    x = K.layers.GlobalAveragePooling2D(name="pool")(x)
+    out = K.layers.Dense(10, name="head")(x)
+    return K.Model(inp, out)
+
+
+def _fine_tune(model, epochs=2, callbacks=()):
+    fit(
+        model,
+        splits(),
+        epochs,
+        batch_size=BATCH,
+        learning_rate=1e-3,
+        callbacks=callbacks,
+        progress=False,
+    )
+
+
+STEPS = steps_per_epoch(320, BATCH)  # 10 steps per epoch: a "short run" of 20 steps
+
+
+# ------------------------------------------------------------------ pruning
+
+
+def test_derived_schedule_lands_on_a_pruning_step():
+    for epochs, steps in [(1, 2), (2, 10), (3, 469), (10, 1875)]:
+        s = P.derive_schedule(epochs, steps)
+        assert 0 < s.end_step < epochs * steps
+        assert (s.end_step - s.begin_step) % s.frequency == 0  # the last update hits the target
+        assert s.frequency <= 100
+    with pytest.raises(InputError):
+        P.derive_schedule(1, 1)
+
+
+def test_short_run_reaches_target_sparsity_where_tfmot_default_frequency_does_not():
+    model = trained()
+    wrapped, info = P.prune(model, 0.8, epochs=2, steps_per_epoch=STEPS)
+    assert info.layers == ["stem", "pw", "head"] and "dw" in info.skipped
+    _fine_tune(wrapped, 2, P.callbacks())
+    stripped = P.strip(wrapped)
+    measured = P.measured_sparsity(stripped, info.layers)
+    assert all(abs(v - 0.8) < 0.01 for v in measured.values()), measured
+    # original model untouched (weights were copied, not shared)
+    assert P.measured_sparsity(model)["head"] < 0.01
+
+    # tfmot's default frequency=100 on the same 20-step run never prunes past step 0.
+    wrapped, _ = P.prune(model, 0.8, epochs=2, steps_per_epoch=STEPS, frequency=100)
+    _fine_tune(wrapped, 2, P.callbacks())
+    assert max(P.measured_sparsity(P.strip(wrapped)).values()) < 0.05
+
+
+def test_2by4_every_group_of_four_has_two_zeros():
+    wrapped, info = P.prune(trained(), epochs=2, steps_per_epoch=STEPS, m_by_n=(2, 4))
+    assert info.layers == ["pw", "head"]
+    assert "not a multiple of 4" in info.skipped["stem"]  # 1 input channel
+    _fine_tune(wrapped, 2, P.callbacks())
+    stripped = P.strip(wrapped)
+    for name, kernel in kernels(stripped, P.SUPPORTED_LAYERS, set(info.layers)).items():
+        groups = np.moveaxis(kernel, -2, -1).reshape(-1, 4)
+        assert np.all(np.sum(groups == 0, axis=1) >= 2), name
+        assert P.m_by_n_violations(kernel) == 0
+    dense = kernels(trained(), P.SUPPORTED_LAYERS)["head"]
+    assert P.m_by_n_violations(dense) > 0  # the check does detect unstructured kernels
+
+
+def test_1x1_policy_prunes_only_pointwise_convs():
+    wrapped, info = P.prune(trained(), 0.5, epochs=2, steps_per_epoch=STEPS, policy="1x1")
+    assert info.layers == ["pw"]
+    _fine_tune(wrapped, 2, P.callbacks())
+    measured = P.measured_sparsity(P.strip(wrapped))
+    assert abs(measured["pw"] - 0.5) < 0.01
+    assert measured["stem"] < 0.01 and measured["head"] < 0.01
+    with pytest.raises(InputError, match="policy"):
+        P.prune(trained(), 0.5, epochs=2, steps_per_epoch=STEPS, policy="3x3")
+
+
+def test_unsupported_layer_names_layer_and_technique():
+    K = get_keras("tf_keras")
+    i = K.Input((8, 8, 2))
+    x = K.layers.Conv2DTranspose(4, 3, name="upconv")(i)
+    x = K.layers.Flatten()(x)
+    model = K.Model(i, K.layers.Dense(3)(x))
+    with pytest.raises(
+        InputError, match=r"prune: layer 'upconv' \(Conv2DTranspose\) is not supported"
+    ):
+        P.prune(model, 0.5, epochs=1, steps_per_epoch=10)
+    with pytest.raises(InputError, match=r"cluster: layer 'upconv' \(Conv2DTranspose\)"):
+        C.cluster(model, 8)
+    j = K.Input((4,))
+    lam = K.Model(j, K.layers.Lambda(lambda t: t * 2, name="double")(j))
+    with pytest.raises(InputError, match=r"qat: layer 'double' \(Lambda\) is not supported"):
+        Q.quantize(lam)
+
+
+def test_keras3_models_are_refused_with_a_reason():
+    K3 = get_keras("keras3")
+    i = K3.Input((4,))
+    model = K3.Model(i, K3.layers.Dense(2)(i))
+    with pytest.raises(InputError, match="tf_keras"):
+        P.prune(model, 0.5, epochs=1, steps_per_epoch=10)
+
+
+# ------------------------------------------------------------------ clustering
+
+
+@pytest.mark.parametrize("k", [4, 16])
+def test_clustering_leaves_at_most_k_values_per_kernel(k):
+    wrapped, info = C.cluster(trained(), k)
+    assert info.layers == ["stem", "pw", "head"]
+    _fine_tune(wrapped, 1)
+    counts = C.unique_weights(C.strip(wrapped), info.layers)
+    assert all(2 <= n <= k for n in counts.values()), counts
+
+
+def test_sparsity_preserving_clustering_keeps_the_zeros():
+    wrapped, info = P.prune(trained(), 0.5, epochs=2, steps_per_epoch=STEPS)
+    _fine_tune(wrapped, 2, P.callbacks())
+    pruned = P.strip(wrapped)
+    zeros_before = {n: k == 0 for n, k in kernels(pruned, C.SUPPORTED_LAYERS).items()}
+    wrapped, cinfo = C.cluster(pruned, 8, preserve_sparsity=True)
+    _fine_tune(wrapped, 1)
+    after = kernels(C.strip(wrapped), C.SUPPORTED_LAYERS)
+    for name in cinfo.layers:
+        assert np.all(after[name][zeros_before[name]] == 0), name
+        assert np.unique(after[name]).size <= 8
+
+
+# ------------------------------------------------------------------ QAT
+
+
+def _int8_conversion(model) -> tuple[set[str], list[str]]:
+    T = tf()
+    converter = T.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [T.lite.Optimize.DEFAULT]
+    converter.inference_input_type = T.int8
+    converter.inference_output_type = T.int8
+    with silenced_stderr():
+        flat = converter.convert()
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=flat)
+    tensors = interpreter.get_tensor_details()
+    float_ops = []
+    for op in interpreter._get_ops_details():
+        dtypes = {tensors[i]["dtype"].__name__ for i in [*op["inputs"], *op["outputs"]] if i >= 0}
+        if dtypes & {"float32", "float16"}:
+            float_ops.append(op["op_name"])
+    return {t["dtype"].__name__ for t in tensors}, float_ops
+
+
+def test_split_fused_activations_keeps_the_function():
+    model = se_model()
+    x = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 1)).astype("float32")
+    split = Q.split_fused_activations(model)
+    names = [layer.name for layer in split.layers]
+    assert (
+        "se_reduce_activation" in names
+        and split.get_layer("se_reduce").activation.__name__ == "linear"
+    )
+    assert (
+        split.get_layer("se_expand").activation.__name__ == "sigmoid"
+    )  # tfmot handles sigmoid itself
+    np.testing.assert_allclose(split(x).numpy(), model(x).numpy(), atol=1e-5)
+
+
+def test_plain_tfmot_rejects_the_se_model_but_ours_quantises_it():
+    import tensorflow_model_optimization as tfmot
+
+    with pytest.raises(RuntimeError, match="Rescaling"):
+        tfmot.quantization.keras.quantize_model(se_model())
+    q = Q.quantize(se_model())
+    kinds = {type(layer).__name__ for layer in q.layers}
+    assert "QuantizeWrapperV2" in kinds
+
+
+def test_qat_squeeze_excite_model_converts_to_full_int8(tmp_path):
+    q = Q.quantize(se_model())
+    _fine_tune(q, 1)
+    dtypes, float_ops = _int8_conversion(q)
+    assert float_ops == [], f"ops left in float: {float_ops}"
+    assert dtypes <= {"int8", "int32"}, dtypes  # int32 only for biases and shapes
+    # A saved QAT model comes back with the same outputs.
+    q.save(tmp_path / "q.h5")
+    again = Q.load(tmp_path / "q.h5")
+    x = np.random.default_rng(1).random((2, 16, 16, 1)).astype("float32") * 255
+    np.testing.assert_allclose(again(x).numpy(), q(x).numpy(), atol=1e-5)
+
+
+def test_without_the_split_the_se_conv_stays_float(monkeypatch):
+    """Guards the reason split_fused_activations exists: tfmot leaves a fused-swish conv in float."""
+    monkeypatch.setattr(Q, "split_fused_activations", lambda model: model)
+    q = Q.quantize(se_model())
+    _, float_ops = _int8_conversion(q)
+    assert "CONV_2D" in float_ops
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+def test_pipeline_prune_cluster_qat_preserves_each_stage():
+    model, report = compress(
+        trained(),
+        splits(),
+        prune=0.5,
+        cluster=8,
+        qat=True,
+        epochs=2,
+        learning_rate=1e-3,
+        progress=False,
+    )
+    stages = {s.stage: s for s in report.stages}
+    assert list(stages) == ["baseline", "prune", "cluster", "qat"]
+    assert report.qat_scheme == "pcqat"
+    assert stages["prune"].sparsity >= 0.49
+    assert stages["cluster"].max_unique_weights <= 8 and stages["cluster"].sparsity >= 0.49
+    # PCQAT kept both the zeros and the centroids through QAT fine-tuning
+    assert stages["qat"].sparsity >= 0.49 and stages["qat"].max_unique_weights <= 8
+    assert stages["qat"].val_accuracy > 0.5  # chance is 0.1
+    dtypes, float_ops = _int8_conversion(model)
+    assert float_ops == []
+
+
+def test_pipeline_2by4_then_pqat_and_arguments():
+    _, report = compress(
+        trained(), splits(), prune_2by4=True, qat=True, epochs=1, learning_rate=1e-3, progress=False
+    )
+    assert report.qat_scheme == "pqat"
+    assert report.stage("prune").details["m_by_n_violations"] == 0
+    with pytest.raises(InputError, match="nothing to do"):
+        compress(trained(), splits())
+    with pytest.raises(InputError, match="either"):
+        compress(trained(), splits(), prune=0.5, prune_2by4=True)
