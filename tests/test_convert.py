@@ -95,6 +95,17 @@ def test_int8_float_io_keeps_float_boundary(trained):
     assert result.verification.top1_agreement >= 0.9
 
 
+def test_int16x8_with_int16_io(trained):
+    result = convert(
+        trained, "int16x8", calibration="digits", samples=32, verify_samples=32, io="int16"
+    )
+    graph = read_tflite(result.tflite)
+    assert graph.inputs[0].dtype == "INT16" and graph.inputs[0].quant.zero_point == [0]
+    # The briefly trained model has near-tied logits, so judge the error as well.
+    assert result.verification.top1_agreement >= 0.9
+    assert result.verification.max_abs_error < 0.05
+
+
 def test_calibration_from_npy_and_holdout_is_distinct(tmp_path, trained):
     x, _ = digits_xy(100)
     np.save(tmp_path / "calib.npy", (x[..., 0] * 255).astype(np.uint8))  # uint8, no channel axis
