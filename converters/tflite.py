@@ -13,8 +13,10 @@ figures. Sparse + quantised models are a known trap: with
 `Optimize.EXPERIMENTAL_SPARSITY` the converter emits sparse int8 weights that
 LiteRT's default XNNPACK delegate refuses ("failed to delegate FULLY_CONNECTED
 node ... TfLiteXNNPackDelegate failed to prepare", google/XNNPACK#3061,
-tensorflow#60762). Verification catches that and reconverts with dense weights
-(zeros still compress well under gzip), saying so in `notes`.
+tensorflow#60762; XNNPACK's sparse kernels are fp32-only, google/XNNPACK#1419).
+Verification catches that and reconverts with dense weights (zeros still
+compress well under gzip), saying so in `notes`. TFLite Micro has no DENSIFY
+kernel (tflite-micro#491), so C-array exports default to dense weights.
 """
 
 from __future__ import annotations

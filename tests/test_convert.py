@@ -347,3 +347,20 @@ def test_conversion_prints_no_chatter():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "" and proc.stderr == "", (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_cli_c_format_defaults_to_dense_weights(tmp_path):
+    """TFLite Micro cannot run DENSIFY, so a pruned model exported as a C array
+    keeps its zeros in dense form (the float .tflite route would sparse-encode)."""
+    import re
+
+    src = tmp_path / "pruned.h5"
+    _pruned_tiny().save(src)
+    res = CliRunner().invoke(
+        convert_cmd, [str(src), "-o", str(tmp_path / "p.tflite"), "--format", "c"]
+    )
+    assert res.exit_code == 0, res.output
+    hex_bytes = re.findall(r"0x([0-9a-f]{2})", (tmp_path / "p.cc").read_text())
+    graph = read_tflite(bytes(int(b, 16) for b in hex_bytes))
+    assert "DENSIFY" not in graph.op_counts
+    assert graph.weight_sparsity == pytest.approx(0.8, abs=0.02)

@@ -91,6 +91,8 @@ def convert(
 
     if fmt == "tflite":
         check_writable(output, force)  # fail before minutes of conversion, not after
+    if fmt == "c" and sparse is None:
+        sparse = False  # TFLite Micro has no DENSIFY kernel for sparse-encoded weights
     keras_model = resolve_model(model)
     result = convert_model(
         keras_model,
@@ -102,6 +104,10 @@ def convert(
         verify_samples=verify_samples,
         sparse=sparse,
     )
+    if fmt == "c" and result.sparse:
+        result.notes.append(
+            "sparse-encoded weights need DENSIFY, which TFLite Micro lacks; use --dense"
+        )
     written = result.save(output, format=fmt, force=force)
     summary = {"model": model, "outputs": [str(p) for p in written], **result.to_dict()}
     if as_json:
