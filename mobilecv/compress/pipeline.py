@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mobilecv.compress import cluster as cluster_mod
@@ -194,24 +195,30 @@ def compress(
     return model, report
 
 
-def save(
-    model, report: CompressReport, out_dir: str | os.PathLike, force: bool = False
+def output_paths(out_dir: str | os.PathLike, qat: bool, force: bool = False) -> tuple[Path, Path]:
+    """(model path, report path) in out_dir; refuses existing files without force, so a
+    long run does not end in a refusal to write."""
+    from mobilecv.fileio import check_writable
+
+    out = Path(out_dir)
+    model_path = check_writable(out / ("model.h5" if qat else "model.keras"), force)
+    report_path = check_writable(out / "report.json", force)
+    return model_path, report_path
+
+
+def save_outputs(
+    model, report: dict[str, Any], out_dir: str | os.PathLike, force: bool = False
 ) -> dict[str, str]:
-    """Write the model and report.json atomically into out_dir.
+    """Write DIR/model.keras (or model.h5 for a QAT model) and DIR/report.json atomically.
 
-    A QAT model is written as .h5: tf_keras cannot reload tfmot's quantize layers from
-    .keras ("expected 5 variables, received 3"). Load it with `qat.load()`.
+    QAT models go to .h5 because tf_keras cannot reload tfmot's QuantizeLayer from
+    .keras ("expected 5 variables, received 3"); load them with `qat.load()`.
     """
-    from pathlib import Path
-
     from mobilecv.fileio import write_json
     from mobilecv.modelio import save_model
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = ".h5" if report.qat_scheme else ".keras"
-    model_path = out / f"model{suffix}"
+    is_qat = any(type(layer).__name__ == "QuantizeWrapperV2" for layer in model.layers)
+    model_path, report_path = output_paths(out_dir, is_qat, force)
     save_model(model, model_path, force=force)
-    payload = {**report.to_dict(), "model": str(model_path)}
-    report_path = write_json(out / "report.json", payload, force=force)
+    write_json(report_path, {**report, "model": str(model_path)}, force=force)
     return {"model": str(model_path), "report": str(report_path)}

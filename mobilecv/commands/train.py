@@ -1,0 +1,284 @@
+"""`mobilecv train` and `mobilecv compress`: thin wrappers over mobilecv.train and
+mobilecv.compress.pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.errors import InputError
+
+
+def _load_or_build(spec: str, data: str, resolution: int | None, width: float | None):
+    """A Keras model file, or a registered model name built for the dataset's classes and channels."""
+    path = Path(spec)
+    if path.exists() or path.suffix in (".keras", ".h5", ".hdf5"):
+        from mobilecv.modelio import load_model
+
+        return load_model(path, keras="tf_keras")
+    import mobilecv  # lazy: the registry imports every model family
+    from mobilecv.data import load_arrays
+
+    sample = load_arrays(data, "validation", limit=1)
+    channels = int(sample.x.shape[-1])
+    return mobilecv.build(
+        spec,
+        width=width,
+        resolution=resolution or max(32, int(sample.x.shape[1])),
+        classes=sample.classes,
+        input_channels=channels,
+    )
+
+
+def _freeze(value: str | None):
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    if value != "all-but-head":
+        raise InputError(f"--freeze takes a number of layers or 'all-but-head', got {value!r}")
+    return value
+
+
+@click.command("train")
+@click.argument("model")
+@click.option(
+    "--data",
+    required=True,
+    help="Dataset: fashion_mnist, digits, an .npz (x, y) or a class/*.jpg folder.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Training epochs."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate.",
+)
+@click.option("--freeze", default=None, help="Freeze the first N layers, or 'all-but-head'.")
+@click.option(
+    "--cache-features",
+    is_flag=True,
+    help="Run the frozen trunk once, save its activations (.npy) and train only the head.",
+)
+@click.option("--augment", default=None, help="Comma list of mirror,crop,rotate,color,pca.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N training images (quick runs).",
+)
+@click.option(
+    "--resolution",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Input size when MODEL is a registered name (default 32).",
+)
+@click.option(
+    "--width", type=float, default=None, help="Width multiplier when MODEL is a registered name."
+)
+@click.option(
+    "--test",
+    "evaluate_test",
+    is_flag=True,
+    help="Also report top-1 on the test split after training (never used for tuning).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def train_command(
+    model,
+    data,
+    epochs,
+    batch_size,
+    lr,
+    freeze,
+    cache_features,
+    augment,
+    limit,
+    resolution,
+    width,
+    evaluate_test,
+    out_dir,
+    force,
+    as_json,
+):
+    """Train MODEL (a Keras file or a registered name) on a dataset, with held-out evaluation.
+
+    Writes DIR/model.keras and DIR/report.json.
+    """
+    from mobilecv.compress.pipeline import output_paths, save_outputs
+    from mobilecv.data import load_arrays
+    from mobilecv.data.augment import from_names
+    from mobilecv.train import train
+
+    output_paths(out_dir, qat=False, force=force)
+
+    keras_model = _load_or_build(model, data, resolution, width)
+    chain = from_names(
+        augment, load_arrays(data, "train", limit=limit).x if augment and "pca" in augment else None
+    )
+    cache_dir = Path(out_dir) / "features" if cache_features else None
+    keras_model, report = train(
+        keras_model,
+        data,
+        epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        freeze=_freeze(freeze),
+        cache_features=cache_features,
+        cache_dir=cache_dir,
+        augment=chain,
+        limit=limit,
+        evaluate_test=evaluate_test,
+    )
+    payload = report.to_dict()
+    payload.update(save_outputs(keras_model, payload, out_dir, force))
+    if as_json:
+        echo_json(payload)
+    else:
+        test = (
+            f", test top-1 {payload['test_accuracy']:.4f}"
+            if payload["test_accuracy"] is not None
+            else ""
+        )
+        click.echo(
+            f"held-out top-1 {payload['val_accuracy']:.4f} after {epochs} epochs ({payload['seconds']:.1f} s){test}"
+        )
+        click.echo(f"wrote {payload['model']} and {payload['report']}")
+
+
+@click.command("compress")
+@click.argument("model")
+@click.option(
+    "--data",
+    required=True,
+    help="Dataset used for fine-tuning (train split) and measuring (held-out split).",
+)
+@click.option(
+    "--prune",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Target sparsity, e.g. 0.8.",
+)
+@click.option(
+    "--prune-2by4",
+    is_flag=True,
+    help="2:4 structured sparsity (Conv2D/Dense with input channels divisible by 4).",
+)
+@click.option(
+    "--prune-policy",
+    type=click.Choice(["all", "1x1"]),
+    default="all",
+    show_default=True,
+    help="'1x1' prunes only 1x1 convs (XNNPACK's sparse path).",
+)
+@click.option(
+    "--cluster",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Number of weight clusters per kernel.",
+)
+@click.option(
+    "--qat",
+    is_flag=True,
+    help="Quantisation-aware training (8-bit; sparsity/cluster preserving after prune/cluster).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Fine-tuning epochs per stage.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-4,
+    show_default=True,
+    help="Fine-tuning learning rate.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N training images (quick runs).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory.",
+)
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def compress_command(
+    model,
+    data,
+    prune,
+    prune_2by4,
+    prune_policy,
+    cluster,
+    qat,
+    epochs,
+    batch_size,
+    lr,
+    limit,
+    out_dir,
+    force,
+    as_json,
+):
+    """Prune, cluster and/or quantisation-aware-train MODEL (a tf_keras model file).
+
+    Writes DIR/model.keras (DIR/model.h5 after --qat) and DIR/report.json with
+    held-out accuracy, sparsity and distinct weights per stage.
+    """
+    from mobilecv.compress.pipeline import compress, output_paths, save_outputs
+
+    output_paths(out_dir, qat=qat, force=force)
+    keras_model = _load_or_build(model, data, None, None)
+    keras_model, report = compress(
+        keras_model,
+        data,
+        prune=prune,
+        prune_2by4=prune_2by4,
+        prune_policy=prune_policy,
+        cluster=cluster,
+        qat=qat,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        limit=limit,
+    )
+    payload = report.to_dict()
+    payload.update(save_outputs(keras_model, payload, out_dir, force))
+    if as_json:
+        echo_json(payload)
+        return
+    click.echo(f"{'stage':<10} {'top-1':>7} {'sparsity':>9} {'max unique':>11}")
+    for stage in report.stages:
+        click.echo(
+            f"{stage.stage:<10} {stage.val_accuracy:>7.4f} {stage.sparsity:>9.3f} {stage.max_unique_weights:>11}"
+        )
+    click.echo(f"wrote {payload['model']} and {payload['report']}")
