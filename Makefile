@@ -1,0 +1,55 @@
+# mobilecv: `make demo` and `make test` are the whole set-up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+DEMO_OUT ?= demo-out
+
+.PHONY: install data test test-slow demo lint format zoo clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@$(MAKE) --no-print-directory data
+	touch $(STAMP)
+
+# Fashion-MNIST ships in Debian's dataset-fashion-mnist; install it where we can.
+data:
+	@if [ -d $(FASHION_MNIST) ]; then echo "Fashion-MNIST: $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST steps will fail"; \
+	elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST steps will fail"; \
+	else echo "warning: install Debian's dataset-fashion-mnist for Fashion-MNIST"; fi
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+# Full-size builds and training; CI runs these too (.ci/run).
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+demo: install
+	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Regenerate mobilecv/zoo.json and the README model-zoo table from real builds.
+zoo: install
+	$(PY) scripts/gen_zoo.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache *.egg-info

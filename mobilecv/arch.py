@@ -1,0 +1,112 @@
+"""Block grammar, the one rounding rule, and the one width/depth scaling function.
+
+A regular architecture is a table of stage strings such as ``ir_r2_k3_s2_e6_c24_se0.25``
+(timm's notation): block kind, then ``r`` repeats, ``k`` kernel, ``s`` stride of the first
+repeat, ``e`` expansion, ``c`` output channels, ``se`` squeeze-excite ratio. Decoding gives
+frozen :class:`StageSpec` rows; :func:`scale` applies width and depth to the whole table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+BLOCK_KINDS = {
+    "ds": "depthwise separable (MobileNetV1)",
+    "ir": "inverted residual / MBConv (MobileNetV2, EfficientNet)",
+}
+
+_TOKEN = re.compile(r"^(r|k|s|e|c|se)(\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: ``repeats`` blocks of one kind; only the first uses ``stride``."""
+
+    kind: str
+    repeats: int
+    kernel: int
+    stride: int
+    channels: int
+    expand: int = 1
+    se_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"unknown block kind {self.kind!r}; known: {', '.join(BLOCK_KINDS)}")
+        for field in ("repeats", "kernel", "stride", "channels", "expand"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"block {field} must be >= 1, got {getattr(self, field)}")
+
+
+def decode(spec: str) -> StageSpec:
+    """Decode one stage string, e.g. ``"ir_r2_k3_s2_e6_c24_se0.25"``."""
+    kind, *tokens = spec.split("_")
+    values: dict[str, float] = {}
+    for token in tokens:
+        match = _TOKEN.match(token)
+        if not match:
+            raise ValueError(f"bad token {token!r} in block string {spec!r}")
+        values[match.group(1)] = float(match.group(2))
+    missing = {"r", "k", "s", "c"} - values.keys()
+    if missing:
+        raise ValueError(f"block string {spec!r} lacks {', '.join(sorted(missing))}")
+    return StageSpec(
+        kind=kind,
+        repeats=int(values["r"]),
+        kernel=int(values["k"]),
+        stride=int(values["s"]),
+        channels=int(values["c"]),
+        expand=int(values.get("e", 1)),
+        se_ratio=values.get("se", 0.0),
+    )
+
+
+def decode_table(specs: Iterable[str]) -> tuple[StageSpec, ...]:
+    return tuple(decode(s) for s in specs)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` without losing more than 10%.
+
+    The rule of the TF reference implementations (MobileNetV2, EfficientNet); the only
+    copy in mobilecv.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return int(rounded)
+
+
+def scale_repeats(repeats: int, depth: float) -> int:
+    return int(math.ceil(depth * repeats))
+
+
+def scale(
+    stages: Sequence[StageSpec],
+    width: float = 1.0,
+    depth: float = 1.0,
+    divisor: int = 8,
+    fixed_depth_stages: Iterable[int] = (),
+) -> tuple[StageSpec, ...]:
+    """Apply width (channel rounding) and depth (``ceil(depth * repeats)``) to a table.
+
+    ``fixed_depth_stages`` lists stage indices (negative allowed) whose repeats stay as
+    they are: EfficientNet-Lite keeps its first and last stage unscaled.
+    """
+    fixed = {i % len(stages) for i in fixed_depth_stages}
+    return tuple(
+        replace(
+            stage,
+            channels=make_divisible(stage.channels * width, divisor),
+            repeats=stage.repeats if i in fixed else scale_repeats(stage.repeats, depth),
+        )
+        for i, stage in enumerate(stages)
+    )
+
+
+def total_stride(stem_stride: int, stages: Sequence[StageSpec]) -> int:
+    return stem_stride * math.prod(stage.stride for stage in stages)

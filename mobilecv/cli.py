@@ -1,0 +1,206 @@
+"""The `mobilecv` command line. Thin: every command calls a library function."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from mobilecv.cliutil import echo_json, handle_errors
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="mobilecv")
+def main() -> None:
+    """Build, compress, convert and benchmark mobile CNNs for TFLite."""
+
+
+def _parse_option(text: str):
+    if "=" not in text:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--option")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    return key.strip().replace("-", "_"), value
+
+
+def scaling_options(fn):
+    """The knobs every builder shares (DESIGN point 7), as click options."""
+    options = [
+        click.option("--width", type=float, help="Width multiplier (channels), 0 < w <= 4."),
+        click.option("--depth", type=float, help="Depth multiplier (stage repeats), 0 < d <= 4."),
+        click.option("--resolution", type=int, help="Input size in pixels (default: the model's)."),
+        click.option(
+            "--phi", type=float, help="EfficientNet compound coefficient (generic efficientnet)."
+        ),
+        click.option("--classes", type=int, help="Number of classes (default 1000)."),
+        click.option("--input-channels", type=int, help="Input channels, e.g. 1 for grayscale."),
+        click.option("--dropout", type=float, help="Dropout before the classifier."),
+        click.option("--no-top", is_flag=True, help="Drop the classifier head."),
+        click.option(
+            "--option",
+            "-O",
+            "extra",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A family-specific option, e.g. -O lite=true (repeatable).",
+        ),
+        click.option(
+            "--keras",
+            type=click.Choice(["tf_keras", "keras3"]),
+            default="tf_keras",
+            show_default=True,
+            help="Keras implementation to build with.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _knobs(width, depth, resolution, phi, classes, input_channels, dropout, no_top, extra) -> dict:
+    knobs = dict(
+        width=width,
+        depth=depth,
+        resolution=resolution,
+        phi=phi,
+        classes=classes,
+        input_channels=input_channels,
+        dropout=dropout,
+        include_top=False if no_top else None,
+    )
+    knobs.update(_parse_option(item) for item in extra)
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+@main.command("list")
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def list_cmd(pattern: str, as_json: bool) -> None:
+    """List registered models (fnmatch PATTERN, e.g. 'mobilenet*') with their cost."""
+    from mobilecv.zoo import zoo_rows
+
+    rows = zoo_rows(pattern)
+    if not rows:
+        raise KeyError(f"no model matches {pattern!r}")
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'name':<22} {'family':<13} {'resolution':>10} {'params':>13} {'MACs':>16}")
+    for r in rows:
+        click.echo(
+            f"{r['name']:<22} {r['family']:<13} {r['resolution']:>10} "
+            f"{r['params']:>13,} {r['macs']:>16,}"
+        )
+
+
+@main.command()
+@click.argument("name")
+@scaling_options
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), help="Weights file (.h5/.keras) to load."
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.keras or OUT.h5"
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def build(
+    name,
+    width,
+    depth,
+    resolution,
+    phi,
+    classes,
+    input_channels,
+    dropout,
+    no_top,
+    extra,
+    keras,
+    weights,
+    output,
+    force,
+    as_json,
+) -> None:
+    """Build model NAME at any width, depth and resolution and save it."""
+    import mobilecv
+    from mobilecv.fileio import check_writable
+    from mobilecv.modelio import save_model
+    from mobilecv.profile import profile
+
+    check_writable(output, force)
+    knobs = _knobs(width, depth, resolution, phi, classes, input_channels, dropout, no_top, extra)
+    model = mobilecv.build(name, keras=keras, weights=weights, **knobs)
+    save_model(model, output, force=force)
+    prof = profile(model)
+    summary = {
+        "name": name,
+        "output": str(output),
+        "keras": keras,
+        "input_shape": prof.input_shape,
+        "params": prof.params,
+        "macs": prof.macs,
+        "bytes": os.path.getsize(output),
+    }
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(
+            f"{name}: input {'x'.join(map(str, prof.input_shape[1:]))}, {prof.params:,} params, "
+            f"{prof.macs:,} MACs -> {output} ({summary['bytes']:,} bytes, {keras})"
+        )
+
+
+@main.command("profile")
+@click.argument("target")
+@scaling_options
+@click.option("--top", type=int, help="Show only the N layers with the most MACs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (DESIGN.md schema).")
+@handle_errors
+def profile_cmd(
+    target,
+    width,
+    depth,
+    resolution,
+    phi,
+    classes,
+    input_channels,
+    dropout,
+    no_top,
+    extra,
+    keras,
+    top,
+    as_json,
+) -> None:
+    """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""
+    import mobilecv
+    from mobilecv.profile import format_table, profile
+    from mobilecv.registry import resolve
+
+    knobs = _knobs(width, depth, resolution, phi, classes, input_channels, dropout, no_top, extra)
+    if Path(target).suffix in (".keras", ".h5", ".hdf5"):
+        from mobilecv.modelio import load_model
+
+        if knobs:
+            raise ValueError("scaling flags apply to model names, not to a model file")
+        prof = profile(load_model(target))
+    else:
+        resolved = resolve(target, **knobs)
+        model = mobilecv.build(target, keras=keras, **knobs)
+        prof = profile(model, name=target, width=resolved["width"], depth=resolved["depth"])
+    if as_json:
+        echo_json(prof.to_json())
+    else:
+        click.echo(format_table(prof, top))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Regenerate mobilecv/zoo.json and the README model-zoo table from real builds.
+
+Usage: python scripts/gen_zoo.py [--check]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+import mobilecv
+from mobilecv.zoo import compute_row, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
+
+
+def main() -> int:
+    rows = [compute_row(name) for name in tqdm(mobilecv.list_models(), desc="zoo", unit="model")]
+    (ROOT / "mobilecv" / "zoo.json").write_text(json.dumps(rows, indent=1) + "\n")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{markdown_table(rows)}\n{END}{tail}")
+    print(markdown_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
