@@ -202,5 +202,17 @@ def profile_cmd(
         click.echo(format_table(prof, top))
 
 
+def _register_commands() -> None:
+    # Commands of the other stages live beside their libraries; cli.py only lists them.
+    from mobilecv.commands.bench import bench, devices
+    from mobilecv.commands.convert import convert, inspect_cmd
+    from mobilecv.commands.train import compress_command, train_command
+
+    for command in (train_command, compress_command, convert, inspect_cmd, bench, devices):
+        main.add_command(command)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
