@@ -298,3 +298,16 @@ def test_pipeline_2by4_then_pqat_and_arguments():
         compress(trained(), splits())
     with pytest.raises(InputError, match="either"):
         compress(trained(), splits(), prune=0.5, prune_2by4=True)
+
+
+@pytest.mark.slow
+def test_registry_efficientnet_goes_through_qat_to_full_int8():
+    """The real EfficientNet builder (Rescaling + Normalization stem, SE blocks): ~2 min."""
+    import mobilecv
+
+    model = mobilecv.build(
+        "efficientnet_b0", width=0.25, resolution=32, classes=10, input_channels=1
+    )
+    q = Q.quantize(model)
+    dtypes, float_ops = _int8_conversion(q)
+    assert float_ops == [] and dtypes <= {"int8", "int32"}
