@@ -314,35 +314,44 @@ def train(
 def extract_features(model, split_index: int, data: ArrayData, batch_size: int = 64) -> np.ndarray:
     """Activations of the layer just before `split_index` for every image of `data`."""
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    trunk = K.Model(model.inputs, model.layers[split_index - 1].output)
+    trunk = K.Model(model.inputs, _first_node_io(model.layers[split_index - 1])[1])
     resolution, channels = model_input_spec(model)
     ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
     return trunk.predict(ds, verbose=0)
 
 
-def _head_model(model, split_index: int, feature_shape):
-    """The head layers re-applied to a feature input; the layers (and weights) are shared."""
+def _first_node_io(layer):
+    """(input, output) of the layer's first call: its place in the original graph, even
+    after the head has been re-applied to a feature input by an earlier run."""
+    if hasattr(layer, "get_input_at"):  # tf_keras
+        return layer.get_input_at(0), layer.get_output_at(0)
+    node = layer._inbound_nodes[0]  # Keras 3
+    inputs, outputs = node.input_tensors, node.output_tensors
+    return (inputs[0] if len(inputs) == 1 else list(inputs)), outputs[0]
+
+
+def _head_model(model, split_index: int):
+    """The head layers re-applied to a feature input; the layers (and weights) are shared.
+
+    Only a chain of single-input layers from the trunk's output to the model's output
+    can be re-applied; anything else is refused rather than mis-built.
+    """
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    boundary = model.layers[split_index - 1].output
-    head_layers = model.layers[split_index:]
-    for layer in head_layers:
-        inbound = layer.input if not isinstance(layer.input, list) else None
-        if inbound is None:
+    current = _first_node_io(model.layers[split_index - 1])[1]
+    feature_shape = tuple(current.shape[1:])
+    for layer in model.layers[split_index:]:
+        layer_input, layer_output = _first_node_io(layer)
+        if layer_input is not current:
             raise InputError(
-                f"--cache-features needs a sequential head; layer {layer.name!r} has several inputs"
+                f"--cache-features needs a sequential head; layer {layer.name!r} does not follow the trunk"
             )
-    # Walk the chain from the boundary so a head with a branch is refused rather than mis-built.
-    features = K.Input(feature_shape[1:])
-    x, current = features, boundary
-    for layer in head_layers:
-        if layer.input is not current:
-            raise InputError(
-                f"--cache-features needs a sequential head; layer {layer.name!r} does not follow {current.name!r}"
-            )
-        x = layer(x)
-        current = layer.output
+        current = layer_output
     if current is not model.outputs[0]:
         raise InputError("--cache-features: the head does not end at the model's output")
+    features = K.Input(feature_shape)
+    x = features
+    for layer in model.layers[split_index:]:
+        x = layer(x)
     return K.Model(features, x)
 
 
@@ -361,7 +370,7 @@ def _train_head_on_cached_features(
             np.load(cache / f"features_{name}.npy", mmap_mode="r"),
             np.load(cache / f"labels_{name}.npy"),
         )
-    head = _head_model(model, split_index, model.layers[split_index - 1].output.shape)
+    head = _head_model(model, split_index)
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     compile_for_classification(head, learning_rate)
     T = tf()

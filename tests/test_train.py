@@ -87,6 +87,9 @@ def test_cache_features_trains_the_head_from_npy_files(tmp_path):
     np.testing.assert_array_equal(stem_before, model.get_layer("stem").get_weights()[0])
     # The head trained on cached features works inside the full model.
     assert report.cached_features and report.val_accuracy > 0.6
+    # A second cached run on the same model (its head already re-applied once) still works.
+    _, again = train(model, _splits(), epochs=1, cache_features=True, cache_dir=tmp_path, progress=False)
+    assert again.val_accuracy > 0.6
 
 
 def test_cache_features_refuses_augmentation():
