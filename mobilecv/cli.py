@@ -64,17 +64,9 @@ def scaling_options(fn):
     return fn
 
 
-def _knobs(width, depth, resolution, phi, classes, input_channels, dropout, no_top, extra) -> dict:
-    knobs = dict(
-        width=width,
-        depth=depth,
-        resolution=resolution,
-        phi=phi,
-        classes=classes,
-        input_channels=input_channels,
-        dropout=dropout,
-        include_top=False if no_top else None,
-    )
+def _knobs(no_top: bool = False, extra: tuple = (), **flags) -> dict:
+    """Flags as registry knobs: unset flags are dropped so family defaults apply."""
+    knobs = dict(flags, include_top=False if no_top else None)
     knobs.update(_parse_option(item) for item in extra)
     return {k: v for k, v in knobs.items() if v is not None}
 
@@ -113,23 +105,7 @@ def list_cmd(pattern: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handle_errors
-def build(
-    name,
-    width,
-    depth,
-    resolution,
-    phi,
-    classes,
-    input_channels,
-    dropout,
-    no_top,
-    extra,
-    keras,
-    weights,
-    output,
-    force,
-    as_json,
-) -> None:
+def build(name, keras, weights, output, force, as_json, **scaling) -> None:
     """Build model NAME at any width, depth and resolution and save it."""
     import mobilecv
     from mobilecv.fileio import check_writable
@@ -137,7 +113,7 @@ def build(
     from mobilecv.profile import profile
 
     check_writable(output, force)
-    knobs = _knobs(width, depth, resolution, phi, classes, input_channels, dropout, no_top, extra)
+    knobs = _knobs(**scaling)
     model = mobilecv.build(name, keras=keras, weights=weights, **knobs)
     save_model(model, output, force=force)
     prof = profile(model)
@@ -165,27 +141,13 @@ def build(
 @click.option("--top", type=int, help="Show only the N layers with the most MACs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (DESIGN.md schema).")
 @handle_errors
-def profile_cmd(
-    target,
-    width,
-    depth,
-    resolution,
-    phi,
-    classes,
-    input_channels,
-    dropout,
-    no_top,
-    extra,
-    keras,
-    top,
-    as_json,
-) -> None:
+def profile_cmd(target, keras, top, as_json, **scaling) -> None:
     """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""
     import mobilecv
     from mobilecv.profile import format_table, profile
     from mobilecv.registry import resolve
 
-    knobs = _knobs(width, depth, resolution, phi, classes, input_channels, dropout, no_top, extra)
+    knobs = _knobs(**scaling)
     if Path(target).suffix in (".keras", ".h5", ".hdf5"):
         from mobilecv.modelio import load_model
 

@@ -1,0 +1,310 @@
+"""Recipes: a whole pipeline written down as strict YAML, read into frozen dataclasses.
+
+Precedence is defaults < recipe file < ``--set key.path=value``. Unknown keys, wrong
+types and unknown enum values are errors naming the file, the key path and what is
+allowed. YAML is read with the safe loader, so tags that construct Python objects fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mobilecv.errors import InputError
+
+
+class Strategy(enum.StrEnum):
+    DEFAULT = "default"
+    MIRRORED = "mirrored"
+    MULTI_WORKER = "multi_worker"
+
+
+class QuantMode(enum.StrEnum):
+    NONE = "none"
+    DYNAMIC = "dynamic"
+    FLOAT16 = "float16"
+    INT8 = "int8"
+    INT16X8 = "int16x8"
+
+
+class PrunePolicy(enum.StrEnum):
+    ALL = "all"
+    ONE_BY_ONE = "1x1"
+
+
+class Optimizer(enum.StrEnum):
+    ADAM = "adam"
+    SGD = "sgd"
+    RMSPROP = "rmsprop"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "mobilenet_v2"
+    width: float | None = None
+    depth: float | None = None
+    resolution: int | None = None
+    classes: int | None = None
+    input_channels: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "fashion_mnist"
+    limit: int | None = None  # use only the first N training images (small CI runs)
+    test_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 0  # 0 skips training (e.g. a recipe that only converts and benchmarks)
+    batch_size: int = 64
+    optimizer: Optimizer = Optimizer.ADAM
+    learning_rate: float = 2e-3
+    augment: tuple[str, ...] = ()
+    freeze: str | None = None  # a layer count, or "all-but-head"
+    cache_features: bool = False
+    strategy: Strategy = Strategy.DEFAULT
+
+
+@dataclass(frozen=True)
+class CompressSpec:
+    prune: float | None = None
+    prune_2by4: bool = False
+    prune_policy: PrunePolicy = PrunePolicy.ALL
+    cluster: int | None = None
+    qat: bool = False
+    epochs: int = 1
+    learning_rate: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    modes: tuple[QuantMode, ...] = (QuantMode.NONE, QuantMode.INT8)
+    io: str = "int8"
+    calibration_samples: int = 256
+    c_array: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str = "host"
+    max_latency_ms: float | None = None
+    mode: QuantMode | None = None  # which converted model to benchmark; default: the last
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    test_samples: int | None = None
+    multi_crop: bool = False
+    ensemble: int = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    description: str = ""
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    compress: CompressSpec = field(default_factory=CompressSpec)
+    convert: ConvertSpec = field(default_factory=ConvertSpec)
+    devices: tuple[DeviceSpec, ...] = (DeviceSpec(),)
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------ strict decoding
+
+
+class RecipeError(InputError):
+    pass
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _decode(tp, value, where: str, source: str):
+    def fail(detail: str):
+        raise RecipeError(f"{source}: {where}: {detail}")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(arg, value, where, source)
+            except RecipeError as exc:
+                errors.append(exc)
+        fail(f"expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail(f"expected a mapping, got {type(value).__name__}")
+        return _decode_dataclass(tp, value, where, source)
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            fail(f"expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_decode(item, v, f"{where}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail(f"expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            fail(f"{value!r} is not allowed; allowed: {', '.join(m.value for m in tp)}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            fail(f"expected a string, got {value!r}")
+        return str(value)
+    fail(f"unsupported type {tp}")
+
+
+def _decode_dataclass(cls, data: dict, where: str, source: str):
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in allowed:
+            path = f"{where}.{key}" if where else key
+            raise RecipeError(f"{source}: {path}: unknown key; allowed: {', '.join(allowed)}")
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        kwargs[key] = _decode(hints[key], value, path, source)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=3`` -> (["train", "epochs"], 3); the value is read as YAML."""
+    if "=" not in text:
+        raise InputError(f"--set {text!r}: expected KEY.PATH=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError(f"--set {text!r}: {str(exc).splitlines()[0]}") from None
+    return [k for k in key.strip().split(".") if k], value
+
+
+def _apply_override(data: dict, path: list[str], value, text: str) -> None:
+    node = data
+    for key in path[:-1]:
+        if isinstance(node, list):
+            try:
+                node = node[int(key)]
+                continue
+            except (ValueError, IndexError):
+                raise InputError(f"--set {text!r}: {key!r} is not an index of a list") from None
+        node = node.setdefault(key, {})
+        if not isinstance(node, (dict, list)):
+            raise InputError(f"--set {text!r}: {key!r} is not a section")
+    if isinstance(node, list):
+        node[int(path[-1])] = value
+    else:
+        node[path[-1]] = value
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """Recursive dict merge; values of ``top`` (including lists) replace those of ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and out[key]:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def builtin_recipes() -> list[str]:
+    folder = resources.files("mobilecv.recipes")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def find(name_or_path: str | os.PathLike) -> Path:
+    """A recipe by path, or by the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = resources.files("mobilecv.recipes").joinpath(f"{name_or_path}.yaml")
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise FileNotFoundError(
+        f"recipe {str(name_or_path)!r} not found; shipped recipes: {', '.join(builtin_recipes())}"
+    )
+
+
+def load(name_or_path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Recipe:
+    path = find(name_or_path)
+    source = str(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).replace("\n", " ")
+        raise RecipeError(f"{source}: not valid YAML (safe loader): {first}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: the top level must be a mapping")
+    data = _merge(Recipe().to_dict(), data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        if not keys:
+            raise InputError(f"--set {text!r}: empty key")
+        _apply_override(data, keys, value, text)
+    return _decode_dataclass(Recipe, data, "", source)
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
