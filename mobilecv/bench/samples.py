@@ -72,3 +72,34 @@ def write_tiny(path: str | os.PathLike, quantize: str = "none", **kwargs) -> Pat
     path = Path(path)
     path.write_bytes(convert(tiny_mobilenet(**kwargs), quantize))
     return path
+
+
+def mobilenet_v2(
+    alpha: float = 1.0, resolution: int = 224, classes: int = 1000, softmax: bool = True
+):
+    """The keras.applications reference MobileNetV2 (random weights) as a tf_keras model."""
+    keras = get_keras("tf_keras")
+    with silenced_stderr():
+        return keras.applications.MobileNetV2(
+            input_shape=(resolution, resolution, 3),
+            alpha=alpha,
+            weights=None,
+            classes=classes,
+            classifier_activation="softmax" if softmax else None,
+        )
+
+
+def cached_model(
+    name: str, build, quantize: str = "none", cache: str | os.PathLike | None = None
+) -> Path:
+    """Convert `build()` once and keep the .tflite under the cache dir (for benchmarks)."""
+    from mobilecv.bench.calibrate import cache_dir
+
+    folder = Path(cache) if cache else cache_dir() / "bench_models"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}_{'fp32' if quantize == 'none' else quantize}.tflite"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(convert(build(), quantize, samples=8))
+        os.replace(tmp, path)
+    return path
