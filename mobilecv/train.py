@@ -214,8 +214,13 @@ def fit(
     callbacks: Sequence = (),
     progress: bool = True,
     compile_model: bool = True,
+    recalibrate_bn: bool = True,
 ) -> dict[str, list[float]]:
-    """Fit on train, validating on the held-out split each epoch (used by compress too)."""
+    """Fit on train, validating on the held-out split each epoch (used by compress too).
+
+    Afterwards BatchNorm statistics are re-estimated (`recalibrate_batchnorm`); the
+    per-epoch validation figures in the history are from before that step.
+    """
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     if compile_model:
         compile_for_classification(model, learning_rate)
@@ -228,7 +233,48 @@ def fit(
         verbose=0,
         callbacks=[*callbacks, bar.callback],
     )
+    if recalibrate_bn:
+        recalibrate_batchnorm(model, train_ds)
     return _history(history)
+
+
+def recalibrate_batchnorm(model, dataset, batches: int = 50) -> int:
+    """Re-estimate BatchNorm moving statistics as an exact average over `batches` batches.
+
+    MobileNet/EfficientNet use momentum 0.999 (keras.applications' value): after a few
+    hundred steps the moving variance is still ~0.999^steps of its initial 1.0, and the
+    model predicts one class at inference while training accuracy looks fine. Running
+    the trained model forward in training mode with momentum (k-1)/k at batch k gives
+    the plain mean of the batch statistics; weights are not touched and frozen
+    BatchNorm layers (which run in inference mode) keep their statistics. Returns the
+    number of layers re-estimated.
+    """
+    from mobilecv.compress._common import unwrap
+
+    layers = [
+        unwrap(layer)
+        for layer in _all_layers(model)
+        if type(unwrap(layer)).__name__ == "BatchNormalization" and unwrap(layer).trainable
+    ]
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    try:
+        for k, (x, _) in enumerate(dataset.take(batches), start=1):
+            for layer in layers:
+                layer.momentum = (k - 1) / k
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+    return len(layers)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and not hasattr(layer, "kernel"):
+            yield from _all_layers(layer)
+        yield layer
 
 
 def evaluate(model, data: ArrayData, batch_size: int = 64) -> dict[str, float]:

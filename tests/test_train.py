@@ -88,7 +88,9 @@ def test_cache_features_trains_the_head_from_npy_files(tmp_path):
     # The head trained on cached features works inside the full model.
     assert report.cached_features and report.val_accuracy > 0.6
     # A second cached run on the same model (its head already re-applied once) still works.
-    _, again = train(model, _splits(), epochs=1, cache_features=True, cache_dir=tmp_path, progress=False)
+    _, again = train(
+        model, _splits(), epochs=1, cache_features=True, cache_dir=tmp_path, progress=False
+    )
     assert again.val_accuracy > 0.6
 
 
@@ -99,3 +101,34 @@ def test_cache_features_refuses_augmentation():
         train(
             tiny_model(), _splits(), epochs=1, cache_features=True, augment=Mirror(), progress=False
         )
+
+
+def test_batchnorm_recalibration_fixes_slow_moving_statistics():
+    """Momentum 0.999 (MobileNet's) after ~60 steps: inference stats are still the init."""
+    from mobilecv.train import evaluate, fit
+
+    K = get_keras("tf_keras")
+
+    def bn_model():
+        i = K.Input((16, 16, 1))
+        x = K.layers.Conv2D(8, 3, padding="same", use_bias=False)(i)
+        x = K.layers.BatchNormalization(momentum=0.999)(x)
+        x = K.layers.ReLU()(x)
+        x = K.layers.MaxPooling2D()(x)
+        x = K.layers.Conv2D(16, 3, padding="same", use_bias=False)(x)
+        x = K.layers.BatchNormalization(momentum=0.999)(x)
+        x = K.layers.ReLU()(x)
+        x = K.layers.GlobalAveragePooling2D()(x)
+        return K.Model(i, K.layers.Dense(10)(x))
+
+    K.utils.set_random_seed(0)
+    stale = bn_model()
+    fit(
+        stale, _splits(), 2, batch_size=32, learning_rate=1e-2, progress=False, recalibrate_bn=False
+    )
+    K.utils.set_random_seed(0)
+    fixed = bn_model()
+    fit(fixed, _splits(), 2, batch_size=32, learning_rate=1e-2, progress=False)
+    stale_acc = evaluate(stale, _splits().validation)["accuracy"]
+    fixed_acc = evaluate(fixed, _splits().validation)["accuracy"]
+    assert fixed_acc > stale_acc + 0.2, (stale_acc, fixed_acc)
