@@ -8,6 +8,7 @@ sizes, and which converts to TFLite without an extra PAD op.
 
 from __future__ import annotations
 
+import enum
 from types import ModuleType
 
 BN_EPSILON = 1e-3
@@ -151,3 +152,316 @@ def classifier_head(K: ModuleType, x, classes: int, dropout: float, pool_name: s
     if dropout > 0:
         x = K.layers.Dropout(dropout, name="top_dropout")(x)
     return K.layers.Dense(classes, activation="softmax", name="predictions")(x)
+
+
+# ---------------------------------------------------------------------------
+# Classic networks (LeNet, AlexNet, VGG, ResNet, NIN, Inception): N-dimensional helpers.
+
+DIMS = (1, 2, 3)
+
+
+def check_dims(dims: int) -> int:
+    """Spatial dimensions: 1 (signals such as ECG), 2 (images), 3 (volumes, video)."""
+    if dims not in DIMS:
+        raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
+    return int(dims)
+
+
+def nd(K: ModuleType, kind: str, dims: int):
+    """The Keras layer class ``kind`` in ``dims`` dimensions, e.g. ``nd(K, "Conv", 3)`` is
+    Conv3D; kinds: Conv, MaxPooling, AveragePooling, GlobalAveragePooling, ZeroPadding,
+    UpSampling."""
+    return getattr(K.layers, f"{kind}{check_dims(dims)}D")
+
+
+def spatial_input(K: ModuleType, resolution: int, input_channels: int, dims: int = 2):
+    return K.layers.Input(shape=(resolution,) * check_dims(dims) + (input_channels,), name="input")
+
+
+def adaptive_avg_pool(K: ModuleType, x, target: int, dims: int, name: str):
+    """Average-pool every spatial axis to ``target`` cells whatever the input size.
+
+    Like torchvision's AdaptiveAvgPool before the VGG/AlexNet classifier, this keeps the
+    parameter count of a Flatten + Dense head independent of resolution. It is built from
+    standard layers that convert to TFLite: nearest upsampling by ``target/g`` then average
+    pooling by ``size/g`` (g = gcd), i.e. area resampling. Identity when the size matches,
+    so full-size builds keep keras.applications' layer list unchanged.
+    """
+    import math
+
+    size = int(x.shape[1])
+    if size == target:
+        return x
+    g = math.gcd(size, target)
+    if target // g > 1:
+        x = nd(K, "UpSampling", dims)(target // g, name=f"{name}_up")(x)
+    if size // g > 1:
+        x = nd(K, "AveragePooling", dims)(size // g, name=name)(x)
+    return x
+
+
+def bottleneck_1x1(
+    K: ModuleType,
+    x,
+    filters: int,
+    name: str,
+    act: str | None = "relu",
+    use_bias: bool = True,
+    batch_norm_after: bool = False,
+    dims: int = 2,
+):
+    """A 1x1 convolution that changes the channel count (Lin et al. "Network in Network";
+    Szegedy et al. use it to shrink channels before costly 3x3/5x5 convs). Costs
+    H*W*C_in*filters MACs: cheap enough to save more than it spends."""
+    x = nd(K, "Conv", dims)(filters, 1, use_bias=use_bias, name=name)(x)
+    if batch_norm_after:
+        x = K.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    if act is not None:
+        x = K.layers.Activation(act, name=f"{name}_{act}")(x)
+    return x
+
+
+def inception_module(
+    K: ModuleType,
+    x,
+    f1: int,
+    f3_reduce: int,
+    f3: int,
+    f5_reduce: int,
+    f5: int,
+    pool_proj: int,
+    name: str,
+):
+    """GoogLeNet inception module (Szegedy et al., "Going Deeper with Convolutions", 2015):
+    1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | 3x3 max pool -> 1x1, concatenated on channels.
+    A reduce width of 0 drops that 1x1 bottleneck (to show what it saves)."""
+
+    def conv(t, filters, kernel, suffix):
+        return K.layers.Conv2D(
+            filters, kernel, padding="same", activation="relu", name=f"{name}_{suffix}"
+        )(t)
+
+    b1 = conv(x, f1, 1, "1x1")
+    b3 = conv(x, f3_reduce, 1, "3x3_reduce") if f3_reduce else x
+    b3 = conv(b3, f3, 3, "3x3")
+    b5 = conv(x, f5_reduce, 1, "5x5_reduce") if f5_reduce else x
+    b5 = conv(b5, f5, 5, "5x5")
+    bp = K.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}_pool")(x)
+    bp = conv(bp, pool_proj, 1, "pool_proj")
+    return K.layers.Concatenate(name=f"{name}_concat")([b1, b3, b5, bp])
+
+
+_CUSTOM: dict[tuple[int, str], type] = {}
+
+
+def _custom_layer(K: ModuleType, kind: str) -> type:
+    """The LRN / channel-pad layer class for keras module ``K`` (one class per Keras)."""
+    key = (id(K), kind)
+    if key in _CUSTOM:
+        return _CUSTOM[key]
+
+    from mobilecv._tf import tf
+
+    if kind == "lrn":
+
+        class LocalResponseNorm(K.layers.Layer):
+            """Krizhevsky et al. LRN: x / (bias + alpha * sum_{|i-j|<=r} x_j^2) ** beta.
+
+            Written with ops every TFLite kernel set has in int8 (MUL, a 1x1 CONV_2D with a
+            constant 0/1 band as the channel-window sum, RSQRT, SQRT): the native
+            LOCAL_RESPONSE_NORMALIZATION op has no int8 kernel and would stay float. The
+            power -0.75 is rsqrt(d) * sqrt(rsqrt(d)), so beta is fixed at 0.75.
+            """
+
+            def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, **kwargs):
+                super().__init__(**kwargs)
+                self.depth_radius, self.bias, self.alpha = depth_radius, bias, alpha
+
+            def call(self, x):
+                t = tf()
+                c = int(x.shape[-1])
+                r = self.depth_radius
+                band = [[1.0 if abs(i - j) <= r else 0.0 for j in range(c)] for i in range(c)]
+                window = t.nn.conv2d(x * x, t.constant(band, shape=(1, 1, c, c)), 1, "VALID")
+                inv = t.math.rsqrt(self.bias + self.alpha * window)
+                return x * inv * t.sqrt(inv)
+
+            def compute_output_shape(self, input_shape):
+                return input_shape
+
+            def get_config(self):
+                return {
+                    **super().get_config(),
+                    "depth_radius": self.depth_radius,
+                    "bias": self.bias,
+                    "alpha": self.alpha,
+                }
+
+        cls = LocalResponseNorm
+    elif kind == "pad":
+
+        class ChannelZeroPad(K.layers.Layer):
+            """Appends ``extra`` all-zero channels (He et al.'s parameter-free option A
+            shortcut)."""
+
+            def __init__(self, extra=0, **kwargs):
+                super().__init__(**kwargs)
+                self.extra = extra
+
+            def call(self, x):
+                pads = [[0, 0]] * (len(x.shape) - 1) + [[0, self.extra]]
+                return tf().pad(x, pads)
+
+            def compute_output_shape(self, input_shape):
+                return (*input_shape[:-1], input_shape[-1] + self.extra)
+
+            def get_config(self):
+                return {**super().get_config(), "extra": self.extra}
+
+        cls = ChannelZeroPad
+    else:
+        raise ValueError(f"unknown custom layer {kind!r}")
+    cls = K.utils.register_keras_serializable(package="mobilecv")(cls)
+    _CUSTOM[key] = cls
+    return cls
+
+
+def local_response_norm(
+    K: ModuleType, x, name: str, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4
+):
+    """AlexNet's local response normalisation (k=2, n=5, alpha=1e-4, beta=0.75)."""
+    return _custom_layer(K, "lrn")(depth_radius, bias, alpha, name=name)(x)
+
+
+def residual_block(
+    K: ModuleType,
+    x,
+    kind: str,
+    filters: int,
+    stride: int,
+    name: str,
+    shortcut: str = "projection",
+    expansion: int = 4,
+    use_bias: bool = True,
+    residual: bool = True,
+    dims: int = 2,
+    bn_epsilon: float = 1.001e-5,
+):
+    """ResNet v1 block (He et al., CVPR 2016) with keras.applications layer names.
+
+    ``kind`` "basic": 3x3 -> 3x3 (ResNet-18/34); "bottleneck": 1x1 (stride) -> 3x3 -> 1x1
+    x ``expansion`` (ResNet-50/101/152). Where the shape changes the shortcut is a
+    projection (1x1 conv + BN, ``<name>_0_conv``) or, with ``shortcut="pad"``, strided
+    subsampling plus zero channels. ``residual=False`` drops the shortcut (plain nets).
+    """
+    Conv = nd(K, "Conv", dims)
+    in_channels = int(x.shape[-1])
+    out_channels = filters * expansion if kind == "bottleneck" else filters
+
+    def bn(t, suffix):
+        return K.layers.BatchNormalization(epsilon=bn_epsilon, name=f"{name}_{suffix}_bn")(t)
+
+    def relu(t, suffix):
+        return K.layers.Activation("relu", name=f"{name}_{suffix}")(t)
+
+    inputs = x
+    if kind == "bottleneck":
+        x = Conv(filters, 1, strides=stride, use_bias=use_bias, name=f"{name}_1_conv")(x)
+        x = relu(bn(x, "1"), "1_relu")
+        x = Conv(filters, 3, padding="same", use_bias=use_bias, name=f"{name}_2_conv")(x)
+        x = relu(bn(x, "2"), "2_relu")
+        x = Conv(out_channels, 1, use_bias=use_bias, name=f"{name}_3_conv")(x)
+        x = bn(x, "3")
+    elif kind == "basic":
+        x = Conv(
+            filters, 3, strides=stride, padding="same", use_bias=use_bias, name=f"{name}_1_conv"
+        )(x)
+        x = relu(bn(x, "1"), "1_relu")
+        x = Conv(filters, 3, padding="same", use_bias=use_bias, name=f"{name}_2_conv")(x)
+        x = bn(x, "2")
+    else:
+        raise ValueError(f"unknown residual block kind {kind!r}; known: basic, bottleneck")
+    if residual:
+        short = inputs
+        if stride != 1 or in_channels != out_channels:
+            if shortcut == "projection":
+                short = Conv(
+                    out_channels, 1, strides=stride, use_bias=use_bias, name=f"{name}_0_conv"
+                )(inputs)
+                short = bn(short, "0")
+            elif shortcut == "pad":
+                if stride != 1:
+                    short = nd(K, "MaxPooling", dims)(
+                        1, strides=stride, name=f"{name}_0_subsample"
+                    )(short)
+                if out_channels < in_channels:
+                    raise ValueError("shortcut='pad' cannot shrink channels")
+                if out_channels > in_channels:
+                    short = _custom_layer(K, "pad")(
+                        out_channels - in_channels, name=f"{name}_0_pad"
+                    )(short)
+            else:
+                raise ValueError(f"shortcut must be 'projection' or 'pad', got {shortcut!r}")
+        x = K.layers.Add(name=f"{name}_add")([short, x])
+    return relu(x, "out")
+
+
+class EdgeKind(enum.StrEnum):
+    VERTICAL = "vertical"
+    HORIZONTAL = "horizontal"
+    SOBEL_X = "sobel_x"
+    SOBEL_Y = "sobel_y"
+    SCHARR_X = "scharr_x"
+    SCHARR_Y = "scharr_y"
+
+
+# Kernels as written for cross-correlation (what Conv2D computes): a positive response
+# where intensity increases to the right (x) or downwards (y).
+EDGE_KERNELS = {
+    EdgeKind.VERTICAL: [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
+    EdgeKind.HORIZONTAL: [[-1, -1, -1], [0, 0, 0], [1, 1, 1]],
+    EdgeKind.SOBEL_X: [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],
+    EdgeKind.SOBEL_Y: [[-1, -2, -1], [0, 0, 0], [1, 2, 1]],
+    EdgeKind.SCHARR_X: [[-3, 0, 3], [-10, 0, 10], [-3, 0, 3]],
+    EdgeKind.SCHARR_Y: [[-3, -10, -3], [0, 0, 0], [3, 10, 3]],
+}
+
+
+def edge_filter(
+    kind: str | EdgeKind, *, keras: str | ModuleType | None = None, name: str | None = None
+):
+    """A frozen 3x3 Conv2D (one output channel, no bias) holding a classic edge kernel.
+
+    Kinds: vertical, horizontal, sobel_x, sobel_y, scharr_x, scharr_y. Like every deep
+    learning framework, Conv2D computes cross-correlation: out[i, j] = sum k[u, v] *
+    x[i + u, j + v], without flipping the kernel. True convolution flips it (k[-u, -v]),
+    which for these antisymmetric kernels only negates the response (sobel_x as a true
+    convolution gives minus this layer's output). With several input channels the kernel
+    is applied to their mean. Padding is "same".
+    """
+    from mobilecv._tf import get_keras
+
+    try:
+        kind = EdgeKind(kind)
+    except ValueError:
+        raise ValueError(
+            f"unknown edge filter {kind!r}; kinds: {', '.join(k.value for k in EdgeKind)}"
+        ) from None
+    K = keras if isinstance(keras, ModuleType) else get_keras(keras)
+    import numpy as np
+
+    base = np.asarray(EDGE_KERNELS[kind], dtype="float32")
+
+    def init(shape, dtype=None, **_):
+        cin = shape[2]
+        return np.repeat(base[:, :, None, None] / cin, cin, axis=2).astype("float32")
+
+    return K.layers.Conv2D(
+        1,
+        3,
+        padding="same",
+        use_bias=False,
+        trainable=False,
+        kernel_initializer=init,
+        name=name or f"edge_{kind.value}",
+    )

@@ -1,6 +1,13 @@
 """Model families; importing this package registers every family."""
 
-from mobilecv.models import efficientnet, mobilenet  # noqa: F401
+from mobilecv.models import (  # noqa: F401
+    classic,
+    efficientnet,
+    inception,
+    mobilenet,
+    nin,
+    resnet,
+)
 from mobilecv.models.weights import load_keras_applications_weights, load_weights
 
 __all__ = ["load_keras_applications_weights", "load_weights"]
