@@ -30,8 +30,6 @@ def check_runnable(graph: Graph) -> None:
             f"{graph.path}: dynamic input shape on {', '.join(graph.dynamic_inputs)} "
             "(only a dynamic batch axis is supported); convert with a fixed input shape"
         )
-    if graph.subgraphs > 1:
-        pass  # control flow (WHILE/IF) runs on LiteRT; estimates cover subgraph 0 only
 
 
 def run(
@@ -128,9 +126,14 @@ def run(
     latency = result["latency_ms"]["p50"] if "latency_ms" in measured_names else None
     fits, word, reasons = _estimate.verdict(est, dev, max_latency_ms, latency, measured_ram)
     if dev.runtime is Runtime.TFLM and not result["tflm"].get("ok"):
+        # The real runtime could not run it: that decides, whatever the estimate says.
+        fits["ops"] = False
+        word = "does not fit"
         reasons.append(f"tflm: {result['tflm'].get('error', 'failed')}")
     result.update(fits=fits, verdict=word, reasons=reasons)
     result["estimate_per_op"] = est.per_op()
     result["live_bytes"] = est.live_bytes
     result["macs"] = graph.macs
+    if graph.subgraphs > 1:
+        result["notes"] = ["control flow: estimates cover the main subgraph only"]
     return result
