@@ -288,12 +288,18 @@ def test_pipeline_prune_cluster_qat_preserves_each_stage():
     assert float_ops == []
 
 
-def test_pipeline_2by4_then_pqat_and_arguments():
+def test_pipeline_2by4_then_pqat_cluster_then_cqat_and_arguments():
     _, report = compress(
         trained(), splits(), prune_2by4=True, qat=True, epochs=1, learning_rate=1e-3, progress=False
     )
     assert report.qat_scheme == "pqat"
     assert report.stage("prune").details["m_by_n_violations"] == 0
+    _, report = compress(
+        trained(), splits(), cluster=8, qat=True, epochs=1, learning_rate=1e-3, progress=False
+    )
+    assert (
+        report.qat_scheme == "cqat" and report.stage("qat").max_unique_weights <= 8
+    )  # centroids kept
     with pytest.raises(InputError, match="nothing to do"):
         compress(trained(), splits())
     with pytest.raises(InputError, match="either"):

@@ -171,7 +171,8 @@ def split_fused_activations(model):
     config = copy.deepcopy(model.get_config())
     if "layers" not in config or "output_layers" not in config:
         raise InputError(
-            f"{TECHNIQUE}: only functional or sequential tf_keras models can be quantised"
+            f"{TECHNIQUE}: {model.name!r} has fused {', '.join(SPLIT_ACTIVATIONS)} activations "
+            "that must be split; rebuild it as a functional model"
         )
     taken = {layer["name"] for layer in config["layers"]}
     rename = {}
