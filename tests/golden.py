@@ -78,4 +78,33 @@ GOLDEN = [
         )
         for i, p in enumerate(_LITE_PARAMS_M)
     ],
+    # LeNet-5 (modern form), issue 3: 456 + 2,416 + 48,120 + 10,164 + 850; MACs by hand
+    # (28*28*6*75 + 10*10*16*150 + 400*120 + 120*84 + 84*10).
+    Golden("lenet5", {"input_channels": 3, "classes": 10}, 62_006, 651_720, source="LeCun 1998"),
+    # AlexNet (Krizhevsky 2012): two-tower grouped and single-tower counts.
+    Golden("alexnet", {}, 60_965_224, None, source="Krizhevsky 2012 (issue 3)"),
+    Golden("alexnet", {"groups": False}, 62_378_344, None, source="Krizhevsky 2012 (issue 3)"),
+    Golden("vgg16", {}, 138_357_544, 15_470_264_320, slow=True),
+    Golden("vgg19", {}, 143_667_240, 19_632_062_464, slow=True),
+    Golden("resnet50", {}, 25_636_712, 3_857_973_248, slow=True),
+    Golden("resnet101", {}, 44_707_176, 7_570_194_432, slow=True),
+    Golden("resnet152", {}, 60_419_944, 11_282_415_616, slow=True),
+    # torchvision counts; Keras also counts BN moving statistics (+0.08%).
+    Golden("resnet18", {}, 11_689_512, None, params_rel=0.002, source="torchvision"),
+    Golden("resnet34", {}, 21_797_672, None, params_rel=0.002, source="torchvision"),
+    # GoogLeNet, Szegedy 2015 Table 1: 6.8 M params (3%). Its ops column sums to 1.50 G but
+    # lists conv1 (7x7/2, 64 filters, 224 px) as 34 M where 112*112*64*147 = 118 M, so a
+    # faithful build has 1.58 G: 5.5% over, hence the 6% band (the issue asked for 5%).
+    Golden(
+        "googlenet",
+        {},
+        6_800_000,
+        1_500_000_000,
+        params_rel=0.03,
+        macs_rel=0.06,
+        source="Szegedy 2015 Table 1",
+    ),
+    # NIN CIFAR-10 configuration (Lin 2014): 192-160-96 / 192-192-192 / 192-192-10 mlpconv,
+    # counted by hand (with biases).
+    Golden("nin", {"classes": 10}, 966_986, None, source="Lin 2014 (hand count)"),
 ]
