@@ -403,3 +403,26 @@ def test_devices_command():
     assert {"host", "stm32h743", "esp32s3", "pixel1"} <= names
     r = _invoke(devices_cmd, [])
     assert r.exit_code == 0 and "arduino_nano33_ble" in r.output
+
+
+def test_import_without_model_judges_latency_only(tmp_path):
+    log = tmp_path / "bm.txt"
+    log.write_text(BENCHMARK_MODEL_LOG)
+    r = _invoke(bench, ["--import", log, "--max-latency-ms", "20", "--json", "--fail-if-not-fit"])
+    assert r.exit_code == 1, r.output  # 29.3 ms mean > 20 ms budget
+    data = json.loads(r.stdout)
+    assert data["verdict"] == "does not fit" and data["estimate"] is None
+    assert data["fits"]["latency"] is False and "latency_ms" in data["measured"]
+    r = _invoke(bench, [])
+    assert r.exit_code == 2
+
+
+def test_tflm_crash_decides_mcu_verdict(models, monkeypatch):
+    monkeypatch.setattr(
+        micro,
+        "run",
+        lambda *a, **k: {"ok": False, "error": "TFLM crashed with SIGABRT", "unresolved_ops": []},
+    )
+    r = bench_run(models["int8"], device="stm32h743")
+    assert r["verdict"] == "does not fit" and r["fits"]["ops"] is False
+    assert any("SIGABRT" in s for s in r["reasons"]) and "arena_bytes" not in r["measured"]

@@ -18,7 +18,16 @@ from mobilecv.bench.harness import RunConfig, load_result, measure, parse_benchm
 from mobilecv.bench.tflite_graph import Graph, load
 from mobilecv.errors import InputError, RunFailed
 
-__all__ = ["run", "load", "load_result", "parse_benchmark_model", "Device", "Graph", "RunConfig"]
+__all__ = [
+    "run",
+    "from_import",
+    "load",
+    "load_result",
+    "parse_benchmark_model",
+    "Device",
+    "Graph",
+    "RunConfig",
+]
 
 _LATENCY_KEYS = ("mean", "p50", "p90", "p99", "min", "max", "std")
 
@@ -137,3 +146,38 @@ def run(
     if graph.subgraphs > 1:
         result["notes"] = ["control flow: estimates cover the main subgraph only"]
     return result
+
+
+def from_import(imported: dict, max_latency_ms: float | None = None) -> dict:
+    """A result made only from a device's own measurement (no model file at hand, so
+    no estimates): the latency budget is the one thing it can be judged on."""
+    lat = imported.get("latency_ms") or {}
+    p50 = lat.get("p50") if lat.get("p50") is not None else lat.get("mean")
+    fits = {"flash": None, "ram": None, "latency": max_latency_ms is None or (p50 or 0) <= max_latency_ms,
+            "ops": None}  # fmt: skip
+    reasons = (
+        []
+        if fits["latency"]
+        else [f"latency: measured {p50:.2f} ms exceeds the {max_latency_ms:g} ms budget"]
+    )
+    measured = [k for k in ("latency_ms", "init_ms", "first_inference_ms", "peak_rss_mb", "model_bytes")
+                if imported.get(k) is not None]  # fmt: skip
+    return {
+        "model": imported.get("model", ""),
+        "device": imported.get("device", ""),
+        "threads": imported.get("threads"),
+        "runs": imported.get("runs"),
+        "latency_ms": {k: lat.get(k) for k in _LATENCY_KEYS},
+        "init_ms": imported.get("init_ms"),
+        "first_inference_ms": imported.get("first_inference_ms"),
+        "peak_rss_mb": imported.get("peak_rss_mb"),
+        "model_bytes": imported.get("model_bytes"),
+        "arena_bytes": None,
+        "estimate": None,
+        "measured": measured,
+        "fits": fits,
+        "verdict": "fits" if fits["latency"] else "does not fit",
+        "reasons": reasons + ["flash, ram, ops: not judged (pass the .tflite to estimate them)"],
+        "samples_ms": imported.get("samples_ms", []),
+        "source": imported.get("source", "ondevice.py"),
+    }

@@ -20,7 +20,7 @@ def _cores(text: str | None) -> tuple[int, ...]:
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("models", nargs=-1, type=click.Path(dir_okay=False))
 @click.option(
     "--device",
     "-d",
@@ -74,13 +74,17 @@ def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limi
           max_latency_ms, fail_if_not_fit, timeout, import_, report, force, as_json) -> None:  # fmt: skip
     """Will MODEL.tflite fit on DEVICE, and how fast is it? Measures on `host` (in a
     child process), runs TFLite Micro for MCU profiles, estimates the rest."""
-    from mobilecv.bench import load_result, run
+    from mobilecv.bench import from_import, load_result, run
     from mobilecv.errors import InputError
 
-    if import_ and len(models) != 1:
-        raise InputError("--import merges one device result: give exactly one model")
+    if not models and not import_:
+        raise click.UsageError("give at least one MODEL.tflite (or --import RESULT)")
+    if import_ and len(models) > 1:
+        raise InputError("--import merges one device result: give at most one model")
     imported = load_result(import_) if import_ else None
     results = []
+    if imported is not None and not models:
+        results.append(from_import(imported, max_latency_ms))
     for model in models:
         results.append(
             run(
@@ -132,10 +136,11 @@ def _print(r: dict) -> None:
         )
     if r.get("arena_bytes") is not None:
         click.echo(f"  measured  TFLM arena {r['arena_bytes']} bytes (smallest that works)")
-    click.echo(
-        f"  estimated latency {est['latency_ms']:.3f} ms  activations {est['peak_activation_bytes']} B  "
-        f"flash {est['flash_bytes']} B  RAM {est['ram_bytes']} B"
-    )
+    if est:
+        click.echo(
+            f"  estimated latency {est['latency_ms']:.3f} ms  activations {est['peak_activation_bytes']} B  "
+            f"flash {est['flash_bytes']} B  RAM {est['ram_bytes']} B"
+        )
     for reason in r["reasons"]:
         click.echo(f"  - {reason}")
 
