@@ -224,7 +224,7 @@ def test_ondevice_runs_alone_without_tensorflow_or_mobilecv(models, tmp_path):
     code = (
         "import runpy, sys, json;"
         f"sys.argv = ['ondevice.py', {str(models['int8'])!r}, '--runs', '5', '-o', 'r.json'];"
-        "sys.path = [p for p in sys.path if 'work/main' not in p or 'site-packages' in p];"
+        f"sys.path = [p for p in sys.path if p not in ('', {str(Path(__file__).resolve().parents[1])!r})];"
         f"rc = None\ntry:\n    runpy.run_path({str(copy)!r}, run_name='__main__')\n"
         "except SystemExit as e:\n    rc = e.code\n"
         "assert 'tensorflow' not in sys.modules and 'mobilecv' not in sys.modules\nprint(rc)"
