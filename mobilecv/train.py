@@ -9,6 +9,7 @@ written to disk as .npy, and only the head is trained on them.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sys
@@ -225,17 +226,45 @@ def fit(
     if compile_model:
         compile_for_classification(model, learning_rate)
     train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
-    bar = TqdmProgress(K, epochs, steps_per_epoch(len(splits.train), batch_size), enabled=progress)
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        verbose=0,
-        callbacks=[*callbacks, bar.callback],
-    )
+    steps = steps_per_epoch(len(splits.train), batch_size)
+    bar = TqdmProgress(K, epochs, steps, enabled=progress)
+    with short_run_batchnorm(model, epochs * steps, enabled=recalibrate_bn):
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[*callbacks, bar.callback],
+        )
     if recalibrate_bn:
         recalibrate_batchnorm(model, train_ds)
     return _history(history)
+
+
+@contextlib.contextmanager
+def short_run_batchnorm(model, total_steps: int, enabled: bool = True):
+    """Lower BatchNorm momentum for a run too short for it, restoring it afterwards.
+
+    With momentum m the moving statistics keep m**steps of their initial value; for
+    MobileNet's 0.999 and a few hundred steps that is over half, so every per-epoch
+    validation would be measured with stale statistics. Momentum becomes at most
+    1 - 5/steps (initial weight e**-5) during fit(); the saved model keeps its own.
+    """
+    from mobilecv.compress._common import unwrap
+
+    changed = []
+    if enabled and total_steps > 0:
+        ceiling = max(0.0, 1.0 - 5.0 / total_steps)
+        for layer in _all_layers(model):
+            inner = unwrap(layer)
+            if type(inner).__name__ == "BatchNormalization" and inner.momentum > ceiling:
+                changed.append((inner, inner.momentum))
+                inner.momentum = ceiling
+    try:
+        yield len(changed)
+    finally:
+        for layer, momentum in changed:
+            layer.momentum = momentum
 
 
 def recalibrate_batchnorm(model, dataset, batches: int = 50) -> int:
