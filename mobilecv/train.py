@@ -71,10 +71,18 @@ def model_input_spec(model) -> tuple[tuple[int, int], int]:
 def outputs_probabilities(model) -> bool:
     """True when the last layer already applies softmax (then the loss takes probabilities)."""
     last = model.layers[-1]
+    if not is_keras3_model(model):
+        from mobilecv.compress._common import unwrap
+
+        last = unwrap(last)  # pruning/clustering/QAT wrappers hide the Dense inside
     if type(last).__name__ == "Softmax":
         return True
     activation = getattr(last, "activation", None)
-    return getattr(activation, "__name__", "") == "softmax"
+    # QAT replaces the activation by a QuantizeAwareActivation holding the original.
+    name = getattr(activation, "__name__", None) or getattr(
+        getattr(activation, "activation", None), "__name__", ""
+    )
+    return name == "softmax"
 
 
 def compile_for_classification(model, learning_rate: float) -> None:

@@ -317,3 +317,18 @@ def test_registry_efficientnet_goes_through_qat_to_full_int8():
     q = Q.quantize(model)
     dtypes, float_ops = _int8_conversion(q)
     assert float_ops == [] and dtypes <= {"int8", "int32"}
+
+
+def test_softmax_head_is_seen_through_every_wrapper():
+    """The fine-tuning loss must not treat a wrapped softmax output as logits."""
+    from mobilecv.train import outputs_probabilities
+
+    K = get_keras("tf_keras")
+    i = K.Input((8, 8, 1))
+    x = K.layers.Flatten()(K.layers.Conv2D(8, 3)(i))
+    model = K.Model(i, K.layers.Dense(10, activation="softmax")(x))
+    assert outputs_probabilities(model)
+    assert outputs_probabilities(P.prune(model, 0.5, epochs=1, steps_per_epoch=10)[0])
+    assert outputs_probabilities(C.cluster(model, 4)[0])
+    assert outputs_probabilities(Q.quantize(model))
+    assert not outputs_probabilities(Q.quantize(tiny_model()))
