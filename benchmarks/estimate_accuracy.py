@@ -25,7 +25,7 @@ import numpy as np
 from mobilecv.bench import devices, estimate, micro
 from mobilecv.bench.harness import RunConfig, measure
 from mobilecv.bench.samples import cached_model, mobilenet_v2, tiny_mobilenet
-from mobilecv.bench.tflite_graph import load
+from mobilecv.tflite_graph import load
 
 PIXEL1_PUBLISHED = {  # TF-slim MobileNetV2 README, float, Pixel 1 CPU (ms)
     (1.0, 224): 73.8,

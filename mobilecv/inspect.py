@@ -1,11 +1,14 @@
-"""Read a .tflite flatbuffer without TensorFlow and describe what is in it.
+"""Describe what is in a .tflite model: the report `mobilecv inspect` prints.
 
-`read_tflite(path_or_bytes)` parses the file with the flatbuffers schema module
-that ships with LiteRT (`ai_edge_litert.schema_py_generated`), so inspecting a
-model costs a fraction of a second and no TensorFlow import. The result is a
-tree of plain dataclasses that other tools (the benchmark's estimator, the
-converter's notes) reuse; `format_report` turns it into the text that
-`mobilecv inspect` prints.
+`read_tflite(path_or_bytes)` reads the file with `mobilecv.tflite_graph` (the one
+TF-free .tflite reader, shared with `mobilecv.bench`) and adds the analysis on top:
+weights and their sparsity, the quantisation mode, ops left in float inside an
+integer model, custom and unknown ops, the size breakdown. The result is a tree of
+plain dataclasses (the `--json` schema); `format_report` turns it into text.
+
+MACs here are the multiply-accumulates of the weight ops (conv, dense, matmul), the
+convention `mobilecv profile` uses; the benchmark's estimator also counts elementwise
+work (`tflite_graph.Op.macs` of every op).
 """
 
 from __future__ import annotations
@@ -13,61 +16,17 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from mobilecv.errors import InputError
+from mobilecv import tflite_graph
+from mobilecv.tflite_graph import WEIGHT_OPS, Graph, Op, Tensor
 
-# Bytes per element of each TFLite tensor type; sub-byte types count as fractions.
-_ITEMSIZE = {
-    "FLOAT32": 4,
-    "FLOAT16": 2,
-    "BFLOAT16": 2,
-    "FLOAT64": 8,
-    "INT32": 4,
-    "UINT32": 4,
-    "INT64": 8,
-    "UINT64": 8,
-    "INT16": 2,
-    "UINT16": 2,
-    "INT8": 1,
-    "UINT8": 1,
-    "BOOL": 1,
-    "INT4": 0.5,
-    "INT2": 0.25,
-    "COMPLEX64": 8,
-    "COMPLEX128": 16,
-}
-_NUMPY_DTYPE = {
-    "FLOAT32": np.float32,
-    "FLOAT16": np.float16,
-    "FLOAT64": np.float64,
-    "INT32": np.int32,
-    "UINT32": np.uint32,
-    "INT64": np.int64,
-    "UINT64": np.uint64,
-    "INT16": np.int16,
-    "UINT16": np.uint16,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "BOOL": np.bool_,
-}
-_FLOAT_TYPES = {"FLOAT32", "FLOAT16", "BFLOAT16", "FLOAT64"}
-_INTEGER_ACTIVATION_TYPES = {"INT8", "UINT8", "INT16"}
+_FLOAT_TYPES = {"float32", "float16", "bfloat16", "float64"}
+_INTEGER_ACTIVATION_TYPES = {"int8", "uint8", "int16"}
 # Ops that only move values between float and integer at the model's edges.
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
-# Ops whose input 1 is the weight tensor (the one pruning/quantisation acts on).
-_WEIGHT_INPUT = {
-    "CONV_2D": 1,
-    "DEPTHWISE_CONV_2D": 1,
-    "FULLY_CONNECTED": 1,
-    "TRANSPOSE_CONV": 1,
-    "CONV_3D": 1,
-    "BATCH_MATMUL": 1,
-}
 # Ops that unpack a stored constant (float16, sparse or fake-quant weights) at run time.
 _UNPACK_OPS = {"DEQUANTIZE", "DENSIFY", "QUANTIZE"}
 
@@ -187,146 +146,52 @@ def _tensor_summary(t: TensorInfo) -> dict[str, Any]:
     return {"name": t.name, "shape": t.shape_signature or t.shape, "dtype": t.dtype, "quant": quant}
 
 
-def _schema() -> ModuleType:
-    """The flatbuffers-generated TFLite schema; LiteRT's copy needs no TensorFlow."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - depends on the installed runtime
-        try:
-            from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-        except ImportError:
-            from tensorflow.lite.python import schema_py_generated as schema
-    return schema
-
-
-def _enum_names(enum_class) -> dict[int, str]:
-    return {
-        v: k for k, v in vars(enum_class).items() if not k.startswith("_") and isinstance(v, int)
-    }
-
-
 def read_tflite(source: str | os.PathLike | bytes | bytearray | memoryview) -> TfliteGraph:
-    """Parse a .tflite model (path or bytes). Raises InputError for a file that is
-    missing, truncated, or not a TFLite flatbuffer."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        data = path.read_bytes()
-    label = "model" if isinstance(source, bytes | bytearray | memoryview) else str(source)
-    if len(data) < 16 or data[4:8] != b"TFL3":
-        raise InputError(f"{label}: not a TFLite flatbuffer (missing TFL3 identifier)")
-    try:
-        return _build_graph(data)
-    except InputError:
-        raise
-    except Exception as exc:  # flatbuffers raises whatever a bad offset produces
-        raise InputError(
-            f"{label}: corrupt or truncated TFLite file ({type(exc).__name__}: {exc})"
-        ) from None
+    """Parse and analyse a .tflite model (path or bytes). Raises InputError for a file
+    that is missing, truncated, or not a TFLite flatbuffer."""
+    return analyse(tflite_graph.load(source))
 
 
-def _buffer_bytes(buf, data: bytes) -> np.ndarray | None:
-    if buf is None:
-        return None
-    if buf.offset and buf.offset > 1:  # large models keep buffers after the flatbuffer
-        end = buf.offset + buf.size
-        if end > len(data):
-            raise InputError(f"buffer points past the end of the file ({end} > {len(data)})")
-        return np.frombuffer(data, dtype=np.uint8, count=buf.size, offset=buf.offset)
-    if buf.data is None or len(buf.data) == 0:
-        return None
-    return np.asarray(buf.data, dtype=np.uint8)
+def _tensor_info(t: Tensor) -> TensorInfo:
+    quant = None
+    if t.scale:
+        quant = QuantParams(list(t.scale), list(t.zero_point), t.quantized_dimension)
+    return TensorInfo(
+        index=t.index,
+        subgraph=t.subgraph,
+        name=t.name,
+        shape=list(t.shape),
+        shape_signature=list(t.shape_signature),
+        dtype=t.dtype.upper(),
+        buffer=t.buffer,
+        is_constant=t.constant,
+        buffer_bytes=t.buffer_bytes,
+        quant=quant,
+        sparse_encoded=t.sparse_encoded,
+    )
 
 
-def _build_graph(data: bytes) -> TfliteGraph:
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    type_names = _enum_names(schema.TensorType)
-    op_names = _enum_names(schema.BuiltinOperator)
-    buffers = model.buffers or []
-    raw = [_buffer_bytes(b, data) for b in buffers]
+def _op_info(op: Op) -> OpInfo:
+    # Only the weight ops' multiply-accumulates, as `mobilecv profile` counts them.
+    macs = op.macs if op.opcode in WEIGHT_OPS else 0
+    ops_in, ops_out = list(op.inputs), list(op.outputs)
+    return OpInfo(op.index, op.subgraph, op.opcode, op.custom, op.known, ops_in, ops_out, macs)
 
-    codes = []
-    for oc in model.operatorCodes or []:
-        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
-        if code == schema.BuiltinOperator.CUSTOM:
-            name = (oc.customCode or b"").decode(errors="replace") or "CUSTOM"
-            codes.append((name, True, True))
-        elif code in op_names:
-            codes.append((op_names[code], False, True))
-        else:
-            codes.append((f"UNKNOWN_{code}", False, False))
 
-    tensors: list[TensorInfo] = []
-    ops: list[OpInfo] = []
-    per_sub: list[list[TensorInfo]] = []
-    for s, sub in enumerate(model.subgraphs or []):
-        sub_tensors = []
-        for i, t in enumerate(sub.tensors or []):
-            if t.buffer < 0 or t.buffer >= max(len(buffers), 1):
-                raise InputError(f"tensor {i} refers to buffer {t.buffer} of {len(buffers)}")
-            dtype = type_names.get(t.type, f"TYPE_{t.type}")
-            payload = raw[t.buffer] if buffers else None
-            quant = None
-            q = t.quantization
-            if q is not None and q.scale is not None and len(q.scale) > 0:
-                zps = list(q.zeroPoint) if q.zeroPoint is not None else [0] * len(q.scale)
-                quant = QuantParams(
-                    [float(v) for v in q.scale], [int(v) for v in zps], int(q.quantizedDimension)
-                )
-            name = t.name.decode(errors="replace") if isinstance(t.name, bytes) else (t.name or "")
-            info = TensorInfo(
-                index=i,
-                subgraph=s,
-                name=name,
-                shape=[int(d) for d in (t.shape if t.shape is not None else [])],
-                shape_signature=[
-                    int(d) for d in (t.shapeSignature if t.shapeSignature is not None else [])
-                ],
-                dtype=dtype,
-                buffer=int(t.buffer),
-                is_constant=payload is not None,
-                buffer_bytes=0 if payload is None else int(payload.size),
-                quant=quant,
-                sparse_encoded=t.sparsity is not None,
-            )
-            sub_tensors.append(info)
-        per_sub.append(sub_tensors)
-        tensors.extend(sub_tensors)
-        for j, op in enumerate(sub.operators or []):
-            if op.opcodeIndex >= len(codes):
-                raise InputError(f"operator {j} uses opcode {op.opcodeIndex} of {len(codes)}")
-            ins = [int(x) for x in (op.inputs if op.inputs is not None else [])]
-            outs = [int(x) for x in (op.outputs if op.outputs is not None else [])]
-            for x in ins + outs:
-                if x >= len(sub_tensors):
-                    raise InputError(f"operator {j} refers to tensor {x} of {len(sub_tensors)}")
-            name, custom, known = codes[op.opcodeIndex]
-            ops.append(OpInfo(j, s, name, custom, known, ins, outs))
+def analyse(graph: Graph) -> TfliteGraph:
+    """The inspection report of a graph `tflite_graph.load` read."""
+    all_tensors = [t for sg in graph.subgraphs for t in sg.tensors]
+    tensors = [_tensor_info(t) for t in all_tensors]
+    ops = [_op_info(op) for op in graph.all_ops]
+    main = graph.subgraphs[0]
+    weights = _weights(graph)
 
-    if not per_sub:
-        raise InputError("the model has no subgraphs")
-    for op in ops:
-        op.macs = _macs(op, per_sub[op.subgraph])
-
-    weights = _weights(ops, per_sub, raw)
-    main = per_sub[0]
-    sub0 = model.subgraphs[0]
-    inputs = [main[i] for i in (sub0.inputs if sub0.inputs is not None else [])]
-    outputs = [main[i] for i in (sub0.outputs if sub0.outputs is not None else [])]
-
-    # Weight bytes: every constant buffer once (buffers can be shared by tensors).
-    weight_bytes = int(sum(r.size for r in raw if r is not None))
     weight_dtypes: Counter[str] = Counter()
     seen: set[int] = set()
-    for sub, st in zip(model.subgraphs, per_sub, strict=True):
-        for t_raw, t in zip(sub.tensors or [], st, strict=True):
-            if t.is_constant and t_raw.buffer not in seen:
-                seen.add(t_raw.buffer)
-                weight_dtypes[t.dtype] += t.buffer_bytes
+    for t in all_tensors:
+        if t.constant and t.buffer not in seen:  # a shared buffer counts once
+            seen.add(t.buffer)
+            weight_dtypes[t.dtype.upper()] += t.buffer_bytes
     tensor_dtypes = Counter(t.dtype for t in tensors)
     op_counts = Counter(o.op for o in ops)
     macs_by_op: Counter[str] = Counter()
@@ -334,28 +199,25 @@ def _build_graph(data: bytes) -> TfliteGraph:
         if o.macs:
             macs_by_op[o.op] += o.macs
 
-    quantization = _quantization_kind(tensors, weights)
-    float_ops = _float_ops(ops, per_sub) if quantization in ("int8", "int16x8") else []
-    description = model.description or b""
-    if isinstance(description, bytes):
-        description = description.decode(errors="replace")
+    quantization = _quantization_kind(all_tensors, weights)
+    float_ops = _float_ops(graph) if quantization in ("int8", "int16x8") else []
     return TfliteGraph(
-        size_bytes=len(data),
-        version=int(model.version),
-        description=description,
-        subgraphs=len(per_sub),
+        size_bytes=graph.model_bytes,
+        version=graph.version,
+        description=graph.description,
+        subgraphs=len(graph.subgraphs),
         tensors=tensors,
         ops=ops,
-        inputs=inputs,
-        outputs=outputs,
+        inputs=[_tensor_info(main.tensors[i]) for i in main.inputs],
+        outputs=[_tensor_info(main.tensors[i]) for i in main.outputs],
         weights=weights,
-        weight_bytes=weight_bytes,
-        graph_bytes=len(data) - weight_bytes,
+        weight_bytes=graph.weight_bytes,
+        graph_bytes=graph.model_bytes - graph.weight_bytes,
         op_counts=dict(op_counts.most_common()),
         macs=int(sum(o.macs for o in ops)),
         quantization=quantization,
         float_ops=float_ops,
-        custom_ops=sorted({o.op for o in ops if o.custom}),
+        custom_ops=graph.custom_ops,
         unknown_ops=sorted({o.op for o in ops if not o.known}),
         weight_dtypes=dict(weight_dtypes.most_common()),
         tensor_dtypes=dict(tensor_dtypes.most_common()),
@@ -363,94 +225,67 @@ def _build_graph(data: bytes) -> TfliteGraph:
     )
 
 
-def _numel(shape: list[int]) -> int:
+def _numel(shape) -> int:
     return int(np.prod([max(d, 1) for d in shape])) if shape else 1
 
 
-def _macs(op: OpInfo, tensors: list[TensorInfo]) -> int:
-    """Multiply-accumulates of one op from its static shapes (batch taken as stored)."""
-    try:
-        if op.op in ("CONV_2D", "CONV_3D"):
-            w = tensors[op.inputs[1]].shape  # [out, kh, kw, in] (3D: [kd, kh, kw, in, out])
-            per_out = _numel(w[1:]) if op.op == "CONV_2D" else _numel(w[:-1])
-            return _numel(tensors[op.outputs[0]].shape) * per_out
-        if op.op == "DEPTHWISE_CONV_2D":
-            w = tensors[op.inputs[1]].shape  # [1, kh, kw, out]
-            return _numel(tensors[op.outputs[0]].shape) * w[1] * w[2]
-        if op.op == "FULLY_CONNECTED":
-            # [units, in]; a fake-quant graph leaves the weight shape unset, so fall back
-            # to the input's last dimension.
-            w = tensors[op.inputs[1]].shape or tensors[op.inputs[0]].shape
-            return _numel(tensors[op.outputs[0]].shape) * w[-1]
-        if op.op == "TRANSPOSE_CONV":
-            w = tensors[op.inputs[1]].shape  # [out, kh, kw, in]; input 2 is the data
-            return _numel(tensors[op.inputs[2]].shape) * w[0] * w[1] * w[2]
-        if op.op == "BATCH_MATMUL":
-            a = tensors[op.inputs[0]].shape
-            return _numel(tensors[op.outputs[0]].shape) * (a[-1] if a else 1)
-    except (IndexError, TypeError):
-        return 0  # a malformed op still gets listed, just without an estimate
-    return 0
-
-
-def _source_constant(idx: int, producers: dict[int, OpInfo], tensors: list[TensorInfo]) -> int:
+def _source_constant(idx: int, producers: dict[int, Op], tensors: tuple[Tensor, ...]) -> int:
     """Follow DEQUANTIZE/DENSIFY/QUANTIZE back to the stored constant they unpack."""
     start = idx
     for _ in range(3):
-        if tensors[idx].is_constant:
+        if tensors[idx].constant:
             return idx
         op = producers.get(idx)
-        if op is None or op.op not in _UNPACK_OPS or not op.inputs:
+        if op is None or op.opcode not in _UNPACK_OPS or not op.inputs:
             break
         idx = op.inputs[0]
-    return idx if tensors[idx].is_constant else start
+    return idx if tensors[idx].constant else start
 
 
-def _weights(ops, per_sub, raw) -> list[WeightInfo]:
+def _weights(graph: Graph) -> list[WeightInfo]:
     out = []
-    producers_by_sub: list[dict[int, OpInfo]] = [{} for _ in per_sub]
-    for op in ops:
-        for o in op.outputs:
-            producers_by_sub[op.subgraph][o] = op
-    for op in ops:
-        pos = _WEIGHT_INPUT.get(op.op)
-        if pos is None or len(op.inputs) <= pos or op.inputs[pos] < 0:
-            continue
-        tensors = per_sub[op.subgraph]
-        idx = _source_constant(op.inputs[pos], producers_by_sub[op.subgraph], tensors)
-        t = tensors[idx]
-        if not t.is_constant:
-            continue
-        numel = _numel(t.shape)
-        zeros = _zero_fraction(t, raw[t.buffer], numel)
-        out.append(
-            WeightInfo(
-                t.name, op.op, op.index, t.dtype, t.shape, t.buffer_bytes, zeros, t.sparse_encoded
+    for sg in graph.subgraphs:
+        producers = {o: op for op in sg.ops for o in op.outputs}
+        for op in sg.ops:
+            if op.opcode not in WEIGHT_OPS or len(op.inputs) <= 1 or op.inputs[1] < 0:
+                continue
+            t = sg.tensors[_source_constant(op.inputs[1], producers, sg.tensors)]
+            if not t.constant:
+                continue
+            zeros = _zero_fraction(t, graph.data(t), _numel(t.shape))
+            out.append(
+                WeightInfo(
+                    t.name,
+                    op.opcode,
+                    op.index,
+                    t.dtype.upper(),
+                    list(t.shape),
+                    t.buffer_bytes,
+                    zeros,
+                    t.sparse_encoded,
+                )
             )
-        )
     return out
 
 
-def _zero_fraction(t: TensorInfo, payload: np.ndarray | None, numel: int) -> float:
-    dtype = _NUMPY_DTYPE.get(t.dtype)
+def _zero_fraction(t: Tensor, payload: np.ndarray | None, numel: int) -> float:
+    dtype = t.numpy_dtype
     if payload is None or dtype is None or numel == 0:
         return 0.0
     usable = payload.size - payload.size % np.dtype(dtype).itemsize
     values = np.frombuffer(payload[:usable].tobytes(), dtype=dtype)
-    zero = 0
-    if t.quant is not None and len(t.quant.zero_point) == 1:
-        zero = t.quant.zero_point[0]
+    zero = t.zero_point[0] if len(t.zero_point) == 1 else 0
     nonzero = int(np.count_nonzero(values != zero))
     # A sparse-encoded tensor stores only (blocks of) non-zeros; the rest are implicit.
     return float(max(0.0, 1.0 - nonzero / numel))
 
 
-def _quantization_kind(tensors: list[TensorInfo], weights: list[WeightInfo]) -> str:
-    activations = [t for t in tensors if not t.is_constant]
-    int_acts = [t for t in activations if t.dtype in _INTEGER_ACTIVATION_TYPES and t.quant]
+def _quantization_kind(tensors: list[Tensor], weights: list[WeightInfo]) -> str:
+    activations = [t for t in tensors if not t.constant]
+    int_acts = [t for t in activations if t.dtype in _INTEGER_ACTIVATION_TYPES and t.scale]
     weight_types = {w.dtype for w in weights}
     if int_acts:
-        return "int16x8" if any(t.dtype == "INT16" for t in int_acts) else "int8"
+        return "int16x8" if any(t.dtype == "int16" for t in int_acts) else "int8"
     if weight_types & {"INT8", "UINT8"}:
         return "dynamic"
     if "FLOAT16" in weight_types:
@@ -458,16 +293,17 @@ def _quantization_kind(tensors: list[TensorInfo], weights: list[WeightInfo]) -> 
     return "float32"
 
 
-def _float_ops(ops: list[OpInfo], per_sub: list[list[TensorInfo]]) -> list[str]:
+def _float_ops(graph: Graph) -> list[str]:
     """Ops that compute in float inside a model meant to be integer."""
     found = []
-    for op in ops:
-        if op.op in _BOUNDARY_OPS:
-            continue
-        tensors = per_sub[op.subgraph]
-        live = [tensors[i] for i in op.inputs + op.outputs if i >= 0 and not tensors[i].is_constant]
-        if any(t.dtype in _FLOAT_TYPES for t in live):
-            found.append(f"{op.op}#{op.index}" + (f"@{op.subgraph}" if op.subgraph else ""))
+    for sg in graph.subgraphs:
+        for op in sg.ops:
+            if op.opcode in _BOUNDARY_OPS:
+                continue
+            ids = [i for i in (*op.inputs, *op.outputs) if i >= 0]
+            live = [sg.tensors[i] for i in ids if not sg.tensors[i].constant]
+            if any(t.dtype in _FLOAT_TYPES for t in live):
+                found.append(f"{op.opcode}#{op.index}" + (f"@{op.subgraph}" if op.subgraph else ""))
     return found
 
 

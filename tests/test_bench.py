@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mobilecv.bench import calibrate, devices, estimate, harness, micro, tflite_graph
+from mobilecv import tflite_graph
+from mobilecv.bench import calibrate, devices, estimate, harness, micro
 from mobilecv.bench import run as bench_run
 from mobilecv.commands.bench import bench
 from mobilecv.commands.bench import devices as devices_cmd
@@ -110,7 +111,7 @@ def test_graph_ops_shapes_and_macs(models):
 
 def test_reader_does_not_import_tensorflow(models):
     code = (
-        "import sys; from mobilecv.bench import tflite_graph as g, estimate as e, devices as d;"
+        "import sys; from mobilecv import tflite_graph as g; from mobilecv.bench import estimate as e, devices as d;"
         f"gr = g.load({str(models['int8'])!r}); e.estimate(gr, d.get('stm32h743'));"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(gr.macs)"
     )

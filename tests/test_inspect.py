@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from mobilecv import tflite_graph
 from mobilecv.commands.convert import inspect_cmd
 from mobilecv.errors import InputError
 from mobilecv.inspect import format_report, read_tflite
@@ -105,19 +106,16 @@ def test_float_ops_in_integer_model_are_reported():
 
 def test_custom_and_unknown_ops_are_listed(models):
     """Rewrite an opcode to CUSTOM and another to an unknown builtin code."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    custom = tflite_graph.schema().BuiltinOperator.CUSTOM
 
-    m = schema.ModelT.InitFromPackedBuf(models["none"].read_bytes(), 0)
-    codes = m.operatorCodes
-    codes[0].builtinCode = schema.BuiltinOperator.CUSTOM
-    codes[0].deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-    codes[0].customCode = "MyVendorOp"
-    codes[1].builtinCode = 9999
-    codes[1].deprecatedBuiltinCode = 127
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
-    g = read_tflite(bytes(builder.Output()))
+    def edit(m):
+        codes = m.operatorCodes
+        codes[0].builtinCode = codes[0].deprecatedBuiltinCode = custom
+        codes[0].customCode = "MyVendorOp"
+        codes[1].builtinCode = 9999
+        codes[1].deprecatedBuiltinCode = 127
+
+    g = read_tflite(tflite_graph.rewrite(models["none"].read_bytes(), edit))
     assert g.custom_ops == ["MyVendorOp"]
     assert g.unknown_ops == ["UNKNOWN_9999"]
     assert "MyVendorOp" in format_report(g)

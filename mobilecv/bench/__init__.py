@@ -15,8 +15,8 @@ from mobilecv.bench import devices as _devices
 from mobilecv.bench import estimate as _estimate
 from mobilecv.bench.devices import Device, Runtime
 from mobilecv.bench.harness import RunConfig, load_result, measure, parse_benchmark_model
-from mobilecv.bench.tflite_graph import Graph, load
 from mobilecv.errors import InputError, RunFailed
+from mobilecv.tflite_graph import Graph, load
 
 __all__ = [
     "run",
@@ -143,7 +143,7 @@ def run(
     result["estimate_per_op"] = est.per_op()
     result["live_bytes"] = est.live_bytes
     result["macs"] = graph.macs
-    if graph.subgraphs > 1:
+    if len(graph.subgraphs) > 1:
         result["notes"] = ["control flow: estimates cover the main subgraph only"]
     return result
 

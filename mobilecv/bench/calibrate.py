@@ -120,7 +120,7 @@ def run_calibration(progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from mobilecv.bench.harness import RunConfig, measure
-    from mobilecv.bench.tflite_graph import load
+    from mobilecv.tflite_graph import load
 
     with tempfile.TemporaryDirectory(prefix="mobilecv-calib-") as tmp:
         probes = _probe_models(Path(tmp))

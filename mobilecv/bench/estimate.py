@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mobilecv.bench.devices import Device, Runtime
-from mobilecv.bench.tflite_graph import Graph
+from mobilecv.tflite_graph import WEIGHT_OPS, Graph
 
 # TFLM aligns every arena buffer to 16 bytes (MicroArenaBufferAlignment()).
 ARENA_ALIGN = 16
-# Ops whose kernels spread over several threads in XNNPACK / LiteRT.
-PARALLEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL",
-                "TRANSPOSE_CONV", "CONV_3D"}  # fmt: skip
+# Ops whose kernels spread over several threads in XNNPACK / LiteRT: the
+# multiply-accumulate kernels (conv, dense, matmul).
+PARALLEL_OPS = WEIGHT_OPS
 CHANNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
 
 

@@ -125,7 +125,7 @@ def run(
         result = json.loads(out.read_text()) if out.exists() else {"ok": False}
     unresolved = {m for rx in _UNRESOLVED for m in rx.findall(log)}
     if "CUSTOM" in unresolved:  # TFLM names only the op kind; the graph has the names
-        from mobilecv.bench.tflite_graph import load
+        from mobilecv.tflite_graph import load
 
         unresolved.discard("CUSTOM")
         try:
