@@ -9,7 +9,6 @@ written to disk as .npy, and only the head is trained on them.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import sys
@@ -134,7 +133,9 @@ def apply_freeze(model, freeze: int | str | None) -> int:
 class TqdmProgress:
     """A Keras callback drawing one tqdm bar per epoch on stderr (works for both Kerases)."""
 
-    def __init__(self, keras_module, epochs: int, steps: int, enabled: bool = True):
+    def __init__(
+        self, keras_module, epochs: int, steps: int, enabled: bool = True, summary: bool = True
+    ):
         from tqdm.auto import tqdm
 
         self._tqdm = tqdm
@@ -160,11 +161,15 @@ class TqdmProgress:
 
             def on_epoch_end(self, epoch, logs=None):
                 outer.bar.close()
-                if enabled and logs:
-                    text = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items())
-                    print(f"epoch {epoch + 1}/{epochs}: {text}", file=sys.stderr)
+                if enabled and summary and logs:
+                    print_epoch(epoch, epochs, logs)
 
         self.callback = _Callback()
+
+
+def print_epoch(epoch: int, epochs: int, logs: dict) -> None:
+    text = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items())
+    print(f"epoch {epoch + 1}/{epochs}: {text}", file=sys.stderr)
 
 
 def _history(history) -> dict[str, list[float]]:
@@ -225,54 +230,37 @@ def fit(
     compile_model: bool = True,
     recalibrate_bn: bool = True,
 ) -> dict[str, list[float]]:
-    """Fit on train, validating on the held-out split each epoch (used by compress too).
+    """Fit on train, validating on the held-out split after each epoch (used by compress too).
 
-    Afterwards BatchNorm statistics are re-estimated (`recalibrate_batchnorm`); the
-    per-epoch validation figures in the history are from before that step.
+    Each epoch is followed by `recalibrate_batchnorm` and then the held-out evaluation,
+    so the per-epoch validation figures are what the saved model would score.
     """
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     if compile_model:
         compile_for_classification(model, learning_rate)
     train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
     steps = steps_per_epoch(len(splits.train), batch_size)
-    bar = TqdmProgress(K, epochs, steps, enabled=progress)
-    with short_run_batchnorm(model, epochs * steps, enabled=recalibrate_bn):
-        history = model.fit(
+    bar = TqdmProgress(K, epochs, steps, enabled=progress, summary=False)
+    history: dict[str, list[float]] = {}
+    for epoch in range(epochs):
+        # One fit() call per epoch: tfmot's pruning step and the optimizer carry over.
+        logs = model.fit(
             train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
             verbose=0,
             callbacks=[*callbacks, bar.callback],
-        )
-    if recalibrate_bn:
-        recalibrate_batchnorm(model, train_ds)
-    return _history(history)
-
-
-@contextlib.contextmanager
-def short_run_batchnorm(model, total_steps: int, enabled: bool = True):
-    """Lower BatchNorm momentum for a run too short for it, restoring it afterwards.
-
-    With momentum m the moving statistics keep m**steps of their initial value; for
-    MobileNet's 0.999 and a few hundred steps that is over half, so every per-epoch
-    validation would be measured with stale statistics. Momentum becomes at most
-    1 - 5/steps (initial weight e**-5) during fit(); the saved model keeps its own.
-    """
-    from mobilecv.compress._common import unwrap
-
-    changed = []
-    if enabled and total_steps > 0:
-        ceiling = max(0.0, 1.0 - 5.0 / total_steps)
-        for layer in _all_layers(model):
-            inner = unwrap(layer)
-            if type(inner).__name__ == "BatchNormalization" and inner.momentum > ceiling:
-                changed.append((inner, inner.momentum))
-                inner.momentum = ceiling
-    try:
-        yield len(changed)
-    finally:
-        for layer, momentum in changed:
-            layer.momentum = momentum
+        ).history
+        logs = {k: float(v[-1]) for k, v in logs.items()}
+        if recalibrate_bn:
+            recalibrate_batchnorm(model, train_ds)
+        held_out = model.evaluate(val_ds, verbose=0, return_dict=True)
+        logs.update({f"val_{k}": float(v) for k, v in held_out.items()})
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        if progress:
+            print_epoch(epoch, epochs, logs)
+    return history
 
 
 def recalibrate_batchnorm(model, dataset, batches: int = 50) -> int:
