@@ -248,9 +248,16 @@ def _samples(
         rng = np.random.default_rng(0)
         check = rng.random((holdout, *shapes[0]), dtype=np.float32) if len(shapes) == 1 else None
         return None, check, "random"
-    if len(shapes[0]) != 3:
-        raise InputError(f"calibration needs an image input (H, W, C); the model takes {shapes[0]}")
-    rows = load_samples(calibration, count + holdout, shapes[0])
+    if len(shapes[0]) == 3:
+        rows = load_samples(calibration, count + holdout, shapes[0])
+    elif isinstance(calibration, np.ndarray) and calibration.shape[1:] == shapes[0]:
+        # A non-image input (a dense layer's vector): rows already shaped like it.
+        rows = calibration[: count + holdout].astype(np.float32)
+    else:
+        raise InputError(
+            f"calibration needs an image input (H, W, C) or an array of rows shaped like the "
+            f"input; the model takes {shapes[0]}"
+        )
     if len(rows) > count:
         return rows[:count], rows[count:], "held-out"
     notes.append(

@@ -28,7 +28,8 @@ DESIGN_KEYS = {
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    from mobilecv.bench.samples import convert, tiny_mobilenet
+    from converters.tflite import convert
+    from mobilecv.bench.samples import random_calibration, tiny_mobilenet
 
     d = tmp_path_factory.mktemp("bench_models")
     out = {}
@@ -40,7 +41,8 @@ def models(tmp_path_factory):
         ("int8_wide", wide, "int8"),
     ):
         p = d / f"{name}.tflite"
-        p.write_bytes(convert(model, q))
+        result = convert(model, q, random_calibration(model), 16, verify=False, progress=False)
+        p.write_bytes(result.tflite)
         out[name] = p
     data = out["int8"].read_bytes()
 

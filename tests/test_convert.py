@@ -120,6 +120,25 @@ def test_calibration_from_npy_and_holdout_is_distinct(tmp_path, trained):
     assert any("no held-out" in n for n in small.notes)
 
 
+def test_vector_input_calibrates_from_an_array():
+    """A dense-only model (no image input) takes calibration rows shaped like its input;
+    anything else is refused with one clear line."""
+    k = get_keras("tf_keras")
+    k.utils.set_random_seed(0)
+    inp = k.Input((32,))
+    model = k.Model(inp, k.layers.Dense(8)(k.layers.Dense(16, activation="relu")(inp)))
+    rows = np.random.default_rng(0).uniform(0, 1, (24, 32)).astype(np.float32)
+    result = convert(model, "int8", calibration=rows, samples=16, verify_samples=8)
+    graph = read_tflite(result.tflite)
+    assert graph.quantization == "int8" and graph.op_counts["FULLY_CONNECTED"] == 2
+    assert result.calibration_samples == 16 and result.verification.data == "held-out"
+    assert result.verification.max_abs_error < 0.1, result.verification
+    with pytest.raises(InputError, match="rows shaped like the input"):
+        convert(model, "int8", calibration=rows[:, :16])
+    with pytest.raises(InputError, match="rows shaped like the input"):
+        convert(model, "int8", calibration="digits")
+
+
 def test_bad_arguments_are_input_errors(trained):
     with pytest.raises(InputError, match="quantize must be one of"):
         convert(trained, "int4")

@@ -69,8 +69,9 @@ def _key() -> str:
 
 def _probe_models(tmp: Path) -> dict[str, tuple[Path, int]]:
     """Build the single-op probe models; returns name -> (path, MACs)."""
+    from converters.tflite import convert
     from mobilecv._tf import get_keras
-    from mobilecv.bench.samples import convert
+    from mobilecv.bench.samples import random_calibration
 
     keras = get_keras("tf_keras")
     L = keras.layers
@@ -96,10 +97,12 @@ def _probe_models(tmp: Path) -> dict[str, tuple[Path, int]]:
     for name, (model, macs) in specs.items():
         for q in ("none", "int8"):
             p = tmp / f"{name}_{q}.tflite"
-            p.write_bytes(convert(model, q, samples=4))
+            calibration = random_calibration(model, 4)
+            result = convert(model, q, calibration, samples=4, verify=False, progress=False)
+            p.write_bytes(result.tflite)
             out[f"{name}_{'fp32' if q == 'none' else 'int8'}"] = (p, macs)
     p = tmp / "chain.tflite"
-    p.write_bytes(convert(chain))
+    p.write_bytes(convert(chain, verify=False, progress=False).tflite)
     out["chain"] = (p, 64)
     return out
 

@@ -1,7 +1,7 @@
 """Small MobileNet-style .tflite files for tests, calibration and the benchmark scripts.
 
-They are built with tf_keras and converted with the TFLite converter, so TensorFlow
-is imported lazily inside the functions (never at import time).
+They are built with tf_keras and converted with `converters.tflite.convert`, so
+TensorFlow is imported lazily inside the functions (never at import time).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilecv._tf import get_keras, silenced_stderr, tf
+from mobilecv._tf import get_keras, silenced_stderr
 
 
 def tiny_mobilenet(
@@ -45,33 +45,11 @@ def tiny_mobilenet(
     return keras.Model(inputs, outputs)
 
 
-def convert(model, quantize: str = "none", samples: int = 16, seed: int = 0) -> bytes:
-    """Convert a tf_keras model: quantize is "none" (float32) or "int8" (full integer)."""
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
-    tflite = tf().lite
-    shape = (1, *model.input_shape[1:])
-    with silenced_stderr():
-        converter = tflite.TFLiteConverter.from_keras_model(model)
-        if quantize == "int8":
-            rng = np.random.default_rng(seed)
-
-            def representative():
-                for _ in range(samples):
-                    yield [rng.uniform(0, 1, shape).astype(np.float32)]
-
-            converter.optimizations = [tflite.Optimize.DEFAULT]
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tflite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf().int8
-            converter.inference_output_type = tf().int8
-        return converter.convert()
-
-
-def write_tiny(path: str | os.PathLike, quantize: str = "none", **kwargs) -> Path:
-    path = Path(path)
-    path.write_bytes(convert(tiny_mobilenet(**kwargs), quantize))
-    return path
+def random_calibration(model, samples: int = 16, seed: int = 0) -> np.ndarray:
+    """Uniform [0, 1) rows shaped like the model's input: calibration data for int8
+    conversion of the random-weight models here (whose accuracy nobody measures)."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (samples, *model.input_shape[1:])).astype(np.float32)
 
 
 def mobilenet_v2(
@@ -99,7 +77,12 @@ def cached_model(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}_{'fp32' if quantize == 'none' else quantize}.tflite"
     if not path.exists():
+        from converters.tflite import convert
+
+        model = build()
+        calibration = random_calibration(model, 8)
+        result = convert(model, quantize, calibration, samples=8, verify=False, progress=False)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(convert(build(), quantize, samples=8))
+        tmp.write_bytes(result.tflite)
         os.replace(tmp, path)
     return path
