@@ -180,9 +180,17 @@ def test_measured_run_statistics(models):
 
 
 def test_time_budget_stops_early(models):
-    r = harness.measure(models["float"], harness.RunConfig(runs=None, time_budget_s=0.2))
-    assert r["ok"] and r["runs"] > 10
-    assert sum(r["samples_ms"]) < 1000
+    # The child's start-up (Python, numpy, LiteRT) is what a loaded 2-core machine slows
+    # down, not the budget: give it plenty of time so only the property below decides.
+    budget_s = 0.2
+    cfg = harness.RunConfig(runs=None, time_budget_s=budget_s, timeout_s=600)
+    r = harness.measure(models["float"], cfg)
+    assert r["ok"], r.get("error")
+    # runs=None would time 10**9 inferences: stopping at all is the budget's doing.
+    assert 10 < r["runs"] < 10**9
+    # Every timed run but the last ended before the deadline, so (being disjoint
+    # intervals after the loop started) they fit in the budget whatever the load.
+    assert sum(r["samples_ms"][:-1]) <= budget_s * 1000
 
 
 def test_user_npy_inputs(models, tmp_path):
