@@ -21,9 +21,14 @@ def _kib(v) -> str:
     return "–" if v is None else f"{v / 1024:.1f} KiB"
 
 
-def _save(fig, path: Path, force: bool) -> None:
-    with atomic_path(path, force) as tmp:
+def _save(fig, out: Path, name: str, force: bool) -> str:
+    """Write `fig` to out/name as PNG (atomically), close it, return the name."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(out / name, force) as tmp:
         fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return name
 
 
 def plots(result: dict, out: Path, stem: str, force: bool = False) -> list[str]:
@@ -45,10 +50,7 @@ def plots(result: dict, out: Path, stem: str, force: bool = False) -> list[str]:
         ax.set_ylabel("runs")
         ax.set_title(f"{stem} on {result['device']} (measured)")
         ax.legend(fontsize=8)
-        name = f"{stem}_latency.png"
-        _save(fig, out / name, force)
-        plt.close(fig)
-        files.append(name)
+        files.append(_save(fig, out, f"{stem}_latency.png", force))
 
     per_op = result.get("estimate_per_op") or []
     if per_op:
@@ -60,10 +62,7 @@ def plots(result: dict, out: Path, stem: str, force: bool = False) -> list[str]:
         fig, ax = plt.subplots(figsize=(6, 0.4 * len(items) + 1))
         ax.barh([k for k, _ in items], [100 * v / total for _, v in items], color="tab:orange")
         ax.set_xlabel(f"share of estimated latency on {result['device']} (%)")
-        name = f"{stem}_ops.png"
-        _save(fig, out / name, force)
-        plt.close(fig)
-        files.append(name)
+        files.append(_save(fig, out, f"{stem}_ops.png", force))
 
     live = result.get("live_bytes") or []
     if live:
@@ -74,10 +73,7 @@ def plots(result: dict, out: Path, stem: str, force: bool = False) -> list[str]:
         ax.set_xlabel("op index (execution order)")
         ax.set_ylabel("KiB")
         ax.legend(fontsize=8)
-        name = f"{stem}_memory.png"
-        _save(fig, out / name, force)
-        plt.close(fig)
-        files.append(name)
+        files.append(_save(fig, out, f"{stem}_memory.png", force))
     return files
 
 
