@@ -16,6 +16,9 @@ from dataclasses import dataclass, replace
 BLOCK_KINDS = {
     "ds": "depthwise separable (MobileNetV1)",
     "ir": "inverted residual / MBConv (MobileNetV2, EfficientNet)",
+    "vgg": "VGG stage: r 3x3 convs with ReLU, then a 2x2 max pool",
+    "basic": "ResNet basic block: 3x3 -> 3x3 (+ shortcut)",
+    "bottleneck": "ResNet bottleneck: 1x1 -> 3x3 -> 1x1 x e (+ shortcut)",
 }
 
 _TOKEN = re.compile(r"^(r|k|s|e|c|se)(\d+(?:\.\d+)?)$")

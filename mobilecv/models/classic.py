@@ -54,8 +54,6 @@ def _channels(count: int, width: float) -> int:
     return arch.make_divisible(count * width, divisor=1, min_value=1)
 
 
-arch.BLOCK_KINDS.setdefault("vgg", "VGG stage: r 3x3 convs with ReLU, then a 2x2 max pool")
-
 VGG_STAGES = {
     "vgg16": arch.decode_table(
         [

@@ -19,9 +19,6 @@ from mobilecv import arch
 from mobilecv.layers import check_dims, nd, residual_block, spatial_input
 from mobilecv.registry import register_model
 
-arch.BLOCK_KINDS.setdefault("basic", "ResNet basic block: 3x3 -> 3x3 (+ shortcut)")
-arch.BLOCK_KINDS.setdefault("bottleneck", "ResNet bottleneck: 1x1 -> 3x3 -> 1x1 x e (+ shortcut)")
-
 
 class Shortcut(enum.StrEnum):
     PROJECTION = "projection"
