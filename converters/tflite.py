@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mobilecv._tf import is_keras3_model, silenced_stderr, tf
+from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
 from mobilecv.errors import InputError, RunFailed
 
 
@@ -170,32 +170,12 @@ def _quiet() -> Iterator[None]:
     """Silence the converter: C++ logs on fd 2, MLIR summaries on fd 1, Python warnings."""
     with (
         silenced_stderr(),
-        _silenced_fd(1),
+        silenced_fd(1),
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore")
         yield
-
-
-@contextlib.contextmanager
-def _silenced_fd(fd: int) -> Iterator[None]:
-    if os.environ.get("MOBILECV_VERBOSE_TF"):
-        yield
-        return
-    try:
-        saved = os.dup(fd)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _is_qat(model) -> bool:
@@ -532,14 +512,14 @@ def _verify(data: bytes, model, check: np.ndarray | None, data_kind: str, resolv
     order = _match_outputs(out_details, reference)
     for i in range(n):
         for det, x in zip(in_details, inputs, strict=False):
-            interp.set_tensor(det["index"], _quantize_input(x[i : i + 1], det))
+            interp.set_tensor(det["index"], quantize_input(x[i : i + 1], det))
         try:
             with silenced_stderr():
                 interp.invoke()
         except Exception as exc:
             raise _RuntimeFailure(_first_line(exc)) from None
         for k, det in zip(order, out_details, strict=True):
-            got[k][i] = _dequantize(interp.get_tensor(det["index"]), det).reshape(got[k][i].shape)
+            got[k][i] = dequantize(interp.get_tensor(det["index"]), det).reshape(got[k][i].shape)
     errors = np.concatenate([np.abs(g - r).ravel() for g, r in zip(got, reference, strict=True)])
     top1 = None
     if reference[0].ndim == 2 and reference[0].shape[1] > 1:
@@ -583,7 +563,8 @@ def _match_outputs(details, reference) -> list[int]:
     return order
 
 
-def _quantize_input(x: np.ndarray, det) -> np.ndarray:
+def quantize_input(x: np.ndarray, det) -> np.ndarray:
+    """Float input -> the interpreter input's dtype, using its scale and zero point."""
     dtype = det["dtype"]
     if np.issubdtype(dtype, np.floating):
         return x.astype(dtype)
@@ -594,7 +575,8 @@ def _quantize_input(x: np.ndarray, det) -> np.ndarray:
     return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
 
 
-def _dequantize(y: np.ndarray, det) -> np.ndarray:
+def dequantize(y: np.ndarray, det) -> np.ndarray:
+    """An interpreter output -> float32, using its scale and zero point."""
     if np.issubdtype(det["dtype"], np.floating):
         return y.astype(np.float32)
     scale, zero = det["quantization"]

@@ -19,26 +19,37 @@ KERAS_CHOICES = ("tf_keras", "keras3")
 
 
 @contextlib.contextmanager
-def silenced_stderr():
-    """Redirect the process's fd 2 (not just sys.stderr) while the block runs."""
+def silenced_fd(fd: int = 2):
+    """Point a file descriptor (not just sys.stderr/stdout) at /dev/null for the block.
+
+    Set MOBILECV_VERBOSE_TF=1 to see what is silenced.
+    """
     if os.environ.get("MOBILECV_VERBOSE_TF"):
         yield
         return
+    stream = {1: sys.stdout, 2: sys.stderr}.get(fd)
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        if stream is not None:
+            stream.flush()
+        saved = os.dup(fd)
     except (OSError, ValueError):
         yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        os.dup2(devnull, fd)
         yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
+        if stream is not None:
+            stream.flush()
+        os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
+
+
+def silenced_stderr():
+    """Silence fd 2, where TensorFlow's C++ start-up and converter logs go."""
+    return silenced_fd(2)
 
 
 def tf() -> ModuleType:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from converters.tflite import Quantize as QuantMode
 from mobilecv.errors import InputError
 
 
@@ -27,14 +28,6 @@ class Strategy(enum.StrEnum):
     DEFAULT = "default"
     MIRRORED = "mirrored"
     MULTI_WORKER = "multi_worker"
-
-
-class QuantMode(enum.StrEnum):
-    NONE = "none"
-    DYNAMIC = "dynamic"
-    FLOAT16 = "float16"
-    INT8 = "int8"
-    INT16X8 = "int16x8"
 
 
 class PrunePolicy(enum.StrEnum):

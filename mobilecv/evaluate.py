@@ -1,0 +1,106 @@
+"""Held-out evaluation of .tflite models in LiteRT, and the course's test-time techniques.
+
+- Multi-crop (10-crop) evaluation, as in AlexNet and GoogLeNet: the image is enlarged by
+  ``crop_margin``, and the four corner crops and the centre crop, each with its mirror,
+  are averaged.
+- Ensembles: the outputs of N models are averaged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mobilecv._tf import silenced_stderr
+
+
+class TfliteModel:
+    """A LiteRT interpreter with float-in, float-out batch prediction."""
+
+    def __init__(self, model: bytes | str | os.PathLike, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        kwargs = (
+            {"model_content": model}
+            if isinstance(model, bytes)
+            else {"model_path": os.fspath(model)}
+        )
+        with silenced_stderr():
+            self.interpreter = Interpreter(num_threads=threads, **kwargs)
+            self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.input["shape"])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        from converters.tflite import dequantize, quantize_input
+
+        out = []
+        for i in range(len(x)):
+            self.interpreter.set_tensor(
+                self.input["index"], quantize_input(x[i : i + 1], self.input)
+            )
+            self.interpreter.invoke()
+            out.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
+        return np.concatenate(out)
+
+
+def top1(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probs, axis=1) == labels))
+
+
+def ten_crops(images: np.ndarray, size: int, crop_margin: float = 0.125) -> list[np.ndarray]:
+    """Four corners and the centre of images enlarged by ``crop_margin``, plus mirrors."""
+    from mobilecv._tf import tf
+
+    big = int(round(size * (1 + crop_margin)))
+    enlarged = tf().image.resize(images, (big, big), method="bilinear").numpy()
+    o = big - size
+    c = o // 2
+    corners = [(0, 0), (0, o), (o, 0), (o, o), (c, c)]
+    crops = [enlarged[:, r : r + size, q : q + size, :] for r, q in corners]
+    return crops + [crop[:, :, ::-1, :] for crop in crops]
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    technique: str
+    accuracy: float
+    ms_per_image: float
+    cost_vs_single: float
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def test_time_techniques(
+    models: Sequence[TfliteModel], x: np.ndarray, y: np.ndarray, multi_crop: bool = True
+) -> list[dict]:
+    """Single-crop, 10-crop and ensemble accuracy with their latency cost, on one split.
+
+    ``x`` holds images at the model's resolution (float, already scaled as for training).
+    """
+    first = models[0]
+    size = first.input_shape[1]
+    single, t_single = _timed(lambda: first.predict(x))
+    rows = [EvalRow("single crop", top1(single, y), 1e3 * t_single / len(x), 1.0)]
+    if multi_crop:
+        crops = ten_crops(x, size)
+        probs, t = _timed(lambda: np.mean([first.predict(c) for c in crops], axis=0))
+        rows.append(EvalRow("10-crop", top1(probs, y), 1e3 * t / len(x), t / t_single))
+    if len(models) > 1:
+        probs, t = _timed(lambda: np.mean([m.predict(x) for m in models], axis=0))
+        rows.append(
+            EvalRow(f"ensemble of {len(models)}", top1(probs, y), 1e3 * t / len(x), t / t_single)
+        )
+    return [asdict(r) for r in rows]
