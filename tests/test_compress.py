@@ -332,3 +332,29 @@ def test_softmax_head_is_seen_through_every_wrapper():
     assert outputs_probabilities(C.cluster(model, 4)[0])
     assert outputs_probabilities(Q.quantize(model))
     assert not outputs_probabilities(Q.quantize(tiny_model()))
+
+
+def test_cqat_model_saves_and_reloads_exactly(tmp_path):
+    """A CQAT .h5 alone reloads with plain quantizers (weight-count mismatch); the sidecar rebuild is exact."""
+    from mobilecv.compress.pipeline import save_outputs
+
+    model, report = compress(
+        trained(), splits(), cluster=8, qat=True, epochs=1, learning_rate=1e-3, progress=False
+    )
+    written = save_outputs(model, report.to_dict(), tmp_path)
+    assert written["model"].endswith("model.h5") and (tmp_path / "qat.json").exists()
+    again = Q.load(written["model"])
+    x = np.random.default_rng(2).random((4, 16, 16, 1)).astype("float32")
+    np.testing.assert_allclose(again(x).numpy(), model(x).numpy(), atol=1e-5)
+    _, float_ops = _int8_conversion(again)
+    assert float_ops == []
+
+
+def test_unique_count_ignores_round_off_but_not_real_values():
+    from mobilecv.compress._common import unique_count
+
+    centroids = np.array([-0.5, 0.1, 0.3], np.float32)
+    kernel = centroids[np.arange(30) % 3]
+    noisy = kernel + np.float32(1e-9) * (np.arange(30) % 2)
+    assert unique_count(kernel) == 3 and unique_count(noisy) == 3
+    assert unique_count(kernel + np.linspace(0, 0.01, 30, dtype=np.float32)) == 30

@@ -99,5 +99,18 @@ def overall_sparsity(arrays: Mapping[str, np.ndarray]) -> float:
     return float(sum(int(np.sum(a == 0)) for a in arrays.values()) / total) if total else 0.0
 
 
+def unique_count(a: np.ndarray, rel_tol: float = 1e-6) -> int:
+    """Distinct values, merging those within rel_tol of the kernel's largest magnitude.
+
+    CQAT writes centroid + (w - stop_gradient(w)) back into the kernel, which is the
+    centroid up to float round-off; exact np.unique would count that noise as values.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    if scale == 0.0:
+        return int(a.size > 0)
+    return int(np.unique(np.round(a / (scale * rel_tol))).size)
+
+
 def unique_counts(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
-    return {name: int(np.unique(a).size) for name, a in arrays.items()}
+    return {name: unique_count(a) for name, a in arrays.items()}

@@ -219,6 +219,10 @@ def save_outputs(
 
     is_qat = any(type(layer).__name__ == "QuantizeWrapperV2" for layer in model.layers)
     model_path, report_path = output_paths(out_dir, is_qat, force)
-    save_model(model, model_path, force=force)
-    write_json(report_path, {**report, "model": str(model_path)}, force=force)
-    return {"model": str(model_path), "report": str(report_path)}
+    if is_qat:
+        written = qat_mod.save(model, model_path, force=force)
+    else:
+        save_model(model, model_path, force=force)
+        written = {"model": str(model_path)}
+    write_json(report_path, {**report, **written}, force=force)
+    return {**written, "report": str(report_path)}

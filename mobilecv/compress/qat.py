@@ -253,6 +253,7 @@ def quantize(model, scheme: str | QuantScheme = QuantScheme.DEFAULT):
             f"qat scheme must be one of {', '.join(s.value for s in QuantScheme)}, got {scheme!r}"
         ) from None
     check_supported(model)
+    source = model
     model = split_fused_activations(model)
     api = tfmot.quantization.keras
     config_cls = _output_quantize_config_class()
@@ -266,16 +267,83 @@ def quantize(model, scheme: str | QuantScheme = QuantScheme.DEFAULT):
     annotated = clone(model, annotate)
     try:
         with api.quantize_scope(custom_objects()):
-            return api.quantize_apply(annotated, _scheme(scheme))
+            quantized = api.quantize_apply(annotated, _scheme(scheme))
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"{TECHNIQUE}: {str(exc).splitlines()[0]}") from exc
+    # Remembered (untracked by Keras) so save() can write a rebuildable copy: a CQAT
+    # model's config names the plain quantizers, so it cannot be reloaded from .h5 alone.
+    object.__setattr__(quantized, "_mobilecv_qat_source", (source, scheme.value))
+    return quantized
+
+
+SIDECAR = "qat.json"
+
+
+def save(model, path: str | os.PathLike, force: bool = False) -> dict[str, str]:
+    """Save a QAT model as PATH (.h5) plus what is needed to rebuild it exactly.
+
+    Written beside PATH: qat_base.keras (the float model QAT started from),
+    model.weights.h5 (the trained QAT weights) and qat.json (scheme, file names).
+    `load(PATH)` uses them; tools that only read PATH still get a loadable model for
+    the default and PQAT schemes.
+    """
+    from pathlib import Path
+
+    from mobilecv.fileio import atomic_path, write_json
+    from mobilecv.modelio import save_model
+
+    source = getattr(model, "_mobilecv_qat_source", None)
+    path = Path(path)
+    if path.suffix != ".h5":
+        raise InputError(
+            f"{path}: a QAT model is saved as .h5 (tf_keras cannot reload tfmot layers from .keras)"
+        )
+    save_model(model, path, force=force)
+    written = {"model": str(path)}
+    if source is None:
+        return written
+    base, scheme = source
+    base_path = path.with_name("qat_base.keras")
+    weights_path = path.with_name(path.stem + ".weights.h5")
+    save_model(base, base_path, force=force)
+    with atomic_path(weights_path, force) as tmp:
+        model.save_weights(str(tmp))
+    write_json(
+        path.with_name(SIDECAR),
+        {
+            "model": path.name,
+            "scheme": scheme,
+            "base": base_path.name,
+            "weights": weights_path.name,
+        },
+        force=force,
+    )
+    written.update(
+        qat_base=str(base_path),
+        qat_weights=str(weights_path),
+        qat_sidecar=str(path.with_name(SIDECAR)),
+    )
+    return written
 
 
 def load(path: str | os.PathLike):
-    """Load a saved QAT model (needs tfmot's and our quantize configs in scope)."""
+    """Load a saved QAT model: rebuilt from qat.json's base + weights when present
+    (exact for every scheme), else straight from the .h5 with the quantize configs in scope."""
+    import json
+    from pathlib import Path
+
     import tensorflow_model_optimization as tfmot
 
     from mobilecv.modelio import load_model
 
+    path = Path(path)
+    sidecar = path.with_name(SIDECAR)
+    if sidecar.exists():
+        info = json.loads(sidecar.read_text())
+        if info.get("model") == path.name:
+            base = load_model(path.with_name(info["base"]), keras="tf_keras")
+            model = quantize(base, info["scheme"])
+            model.load_weights(str(path.with_name(info["weights"])))
+            return model
     with tfmot.quantization.keras.quantize_scope(custom_objects()):
         return load_model(path, keras="tf_keras")
