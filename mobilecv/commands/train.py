@@ -276,9 +276,10 @@ def compress_command(
     if as_json:
         echo_json(payload)
         return
-    click.echo(f"{'stage':<10} {'top-1':>7} {'sparsity':>9} {'max unique':>11}")
+    click.echo(f"{'stage':<10} {'top-1':>7} {'sparsity':>9} {'max unique':>11} {'per channel':>12}")
     for stage in report.stages:
         click.echo(
-            f"{stage.stage:<10} {stage.val_accuracy:>7.4f} {stage.sparsity:>9.3f} {stage.max_unique_weights:>11}"
+            f"{stage.stage:<10} {stage.val_accuracy:>7.4f} {stage.sparsity:>9.3f} "
+            f"{stage.max_unique_weights:>11} {stage.max_unique_per_channel:>12}"
         )
     click.echo(f"wrote {payload['model']} and {payload['report']}")

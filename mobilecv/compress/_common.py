@@ -112,5 +112,17 @@ def unique_count(a: np.ndarray, rel_tol: float = 1e-6) -> int:
     return int(np.unique(np.round(a / (scale * rel_tol))).size)
 
 
+def unique_per_channel(a: np.ndarray) -> int:
+    """Largest number of distinct values in one output channel (last axis) of a kernel.
+
+    tfmot's CQAT keeps Conv2D clusters per output channel: each channel keeps <= K
+    values but trains its own centroids, so the whole kernel can hold up to K x C.
+    """
+    a = np.asarray(a)
+    if a.ndim < 2:
+        return unique_count(a)
+    return max(unique_count(a[..., c]) for c in range(a.shape[-1]))
+
+
 def unique_counts(arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
     return {name: unique_count(a) for name, a in arrays.items()}

@@ -18,7 +18,13 @@ from typing import Any
 from mobilecv.compress import cluster as cluster_mod
 from mobilecv.compress import prune as prune_mod
 from mobilecv.compress import qat as qat_mod
-from mobilecv.compress._common import kernels, overall_sparsity, require_tf_keras, unique_counts
+from mobilecv.compress._common import (
+    kernels,
+    overall_sparsity,
+    require_tf_keras,
+    unique_counts,
+    unique_per_channel,
+)
 from mobilecv.errors import InputError
 from mobilecv.train import Splits, evaluate, fit, load_splits, steps_per_epoch
 
@@ -33,6 +39,7 @@ class StageReport:
     val_loss: float
     sparsity: float
     max_unique_weights: int
+    max_unique_per_channel: int
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +76,7 @@ def measure(
         val_loss=round(result["loss"], 4),
         sparsity=round(overall_sparsity(weights), 4),
         max_unique_weights=max(counts.values()) if counts else 0,
+        max_unique_per_channel=max((unique_per_channel(w) for w in weights.values()), default=0),
         seconds=round(seconds, 2),
         details=details,
     )
