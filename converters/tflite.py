@@ -585,14 +585,19 @@ def dequantize(y: np.ndarray, det) -> np.ndarray:
 
 def load_keras_model(path: str | os.PathLike):
     """Load a full Keras model file (.keras, .h5) saved by any project, including
-    tfmot QAT models (their wrapper classes need tfmot's scope to deserialise)."""
-    from mobilecv.modelio import load_model
-
+    tfmot QAT models: those need tfmot's scope plus mobilecv's quantize configs
+    (Rescaling, Normalization, Multiply), and a QAT sidecar rebuilds CQAT exactly."""
     tf()  # quiet TensorFlow start-up before tfmot imports it
     import tensorflow_model_optimization as tfmot
 
-    with _quiet(), tfmot.quantization.keras.quantize_scope():
-        return load_model(path)
+    from mobilecv.compress import qat
+    from mobilecv.modelio import load_model
+
+    with _quiet():
+        if Path(path).suffix == ".h5":
+            return qat.load(path)
+        with tfmot.quantization.keras.quantize_scope(qat.custom_objects()):
+            return load_model(path)
 
 
 def resolve_model(spec: str | os.PathLike):

@@ -168,9 +168,18 @@ def _register_commands() -> None:
     # Commands of the other stages live beside their libraries; cli.py only lists them.
     from mobilecv.commands.bench import bench, devices
     from mobilecv.commands.convert import convert, inspect_cmd
+    from mobilecv.commands.run import run_command
     from mobilecv.commands.train import compress_command, train_command
 
-    for command in (train_command, compress_command, convert, inspect_cmd, bench, devices):
+    for command in (
+        train_command,
+        compress_command,
+        convert,
+        inspect_cmd,
+        bench,
+        devices,
+        run_command,
+    ):
         main.add_command(command)
 
 

@@ -21,24 +21,15 @@ from typing import Any
 import yaml
 
 from converters.tflite import Quantize as QuantMode
+from mobilecv.compress.prune import PrunePolicy
 from mobilecv.errors import InputError
+from mobilecv.train import Optimizer
 
 
 class Strategy(enum.StrEnum):
     DEFAULT = "default"
     MIRRORED = "mirrored"
     MULTI_WORKER = "multi_worker"
-
-
-class PrunePolicy(enum.StrEnum):
-    ALL = "all"
-    ONE_BY_ONE = "1x1"
-
-
-class Optimizer(enum.StrEnum):
-    ADAM = "adam"
-    SGD = "sgd"
-    RMSPROP = "rmsprop"
 
 
 @dataclass(frozen=True)

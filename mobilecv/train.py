@@ -28,6 +28,12 @@ from mobilecv.errors import InputError
 HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
 
+class Optimizer(enum.StrEnum):
+    ADAM = "adam"
+    SGD = "sgd"  # with Nesterov momentum 0.9, as the classic papers train
+    RMSPROP = "rmsprop"
+
+
 class Freeze(enum.StrEnum):
     ALL_BUT_HEAD = "all-but-head"
 
@@ -84,10 +90,25 @@ def outputs_probabilities(model) -> bool:
     return name == "softmax"
 
 
-def compile_for_classification(model, learning_rate: float) -> None:
+def make_optimizer(K, name: str | Optimizer, learning_rate: float):
+    try:
+        kind = Optimizer(name)
+    except ValueError:
+        allowed = ", ".join(o.value for o in Optimizer)
+        raise InputError(f"unknown optimizer {name!r}; allowed: {allowed}") from None
+    if kind is Optimizer.SGD:
+        return K.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    if kind is Optimizer.RMSPROP:
+        return K.optimizers.RMSprop(learning_rate)
+    return K.optimizers.Adam(learning_rate)
+
+
+def compile_for_classification(
+    model, learning_rate: float, optimizer: str | Optimizer = Optimizer.ADAM
+) -> None:
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     model.compile(
-        optimizer=K.optimizers.Adam(learning_rate),
+        optimizer=make_optimizer(K, optimizer, learning_rate),
         loss=K.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
         metrics=["accuracy"],
     )
@@ -229,6 +250,7 @@ def fit(
     progress: bool = True,
     compile_model: bool = True,
     recalibrate_bn: bool = True,
+    optimizer: str | Optimizer = Optimizer.ADAM,
 ) -> dict[str, list[float]]:
     """Fit on train, validating on the held-out split after each epoch (used by compress too).
 
@@ -237,7 +259,7 @@ def fit(
     """
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     if compile_model:
-        compile_for_classification(model, learning_rate)
+        compile_for_classification(model, learning_rate, optimizer)
     train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
     steps = steps_per_epoch(len(splits.train), batch_size)
     bar = TqdmProgress(K, epochs, steps, enabled=progress, summary=False)
@@ -326,6 +348,7 @@ def train(
     limit: int | None = None,
     evaluate_test: bool = False,
     progress: bool = True,
+    optimizer: str | Optimizer = Optimizer.ADAM,
 ):
     """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport)."""
     if epochs < 1:
@@ -344,7 +367,7 @@ def train(
     cache_path = None
     if cache_features:
         history, cache_path = _train_head_on_cached_features(
-            model, splits, frozen, epochs, batch_size, learning_rate, cache_dir, progress
+            model, splits, frozen, epochs, batch_size, learning_rate, cache_dir, progress, optimizer
         )
     else:
         history = fit(
@@ -355,9 +378,10 @@ def train(
             learning_rate=learning_rate,
             augment=augment,
             progress=progress,
+            optimizer=optimizer,
         )
     seconds = time.perf_counter() - start
-    compile_for_classification(model, learning_rate)
+    compile_for_classification(model, learning_rate, optimizer)
     held_out = evaluate(model, splits.validation, batch_size)
     report = TrainReport(
         dataset=splits.train.name,
@@ -427,7 +451,7 @@ def _head_model(model, split_index: int):
 
 
 def _train_head_on_cached_features(
-    model, splits, split_index, epochs, batch_size, learning_rate, cache_dir, progress
+    model, splits, split_index, epochs, batch_size, learning_rate, cache_dir, progress, optimizer
 ):
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="mobilecv-features-"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -443,7 +467,7 @@ def _train_head_on_cached_features(
         )
     head = _head_model(model, split_index)
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    compile_for_classification(head, learning_rate)
+    compile_for_classification(head, learning_rate, optimizer)
     T = tf()
     train_ds = (
         T.data.Dataset.from_tensor_slices((np.asarray(arrays["train"][0]), arrays["train"][1]))

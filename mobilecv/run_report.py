@@ -1,0 +1,143 @@
+"""report.md for a `mobilecv run` folder: readable by someone who did not run the job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mobilecv.fileio import write_text
+from mobilecv.recipe import Recipe
+
+
+def _read(out: Path, name: str):
+    path = out / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _kib(n) -> str:
+    return "—" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _ms(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def write_report(out: Path, recipe: Recipe, state: dict) -> Path:
+    lines = [f"# {recipe.name}", ""]
+    if recipe.description:
+        lines += [recipe.description, ""]
+    m = recipe.model
+    lines += [
+        f"Model `{m.name}` (width {m.width or 'default'}, depth {m.depth or 'default'}, "
+        f"resolution {m.resolution or 'default'}, {m.input_channels or 3} input channel(s), "
+        f"{m.classes or 1000} classes), data `{recipe.data.dataset}`. "
+        "The resolved recipe is [recipe.resolved.yaml](recipe.resolved.yaml); "
+        "rerunning `mobilecv run recipe.resolved.yaml -o THIS_FOLDER` redoes only what changed.",
+        "",
+    ]
+    train = _read(out, "train.json")
+    if train:
+        lines += [
+            "## Training",
+            "",
+            f"{train['epochs']} epochs on {train['train_samples']:,} training images, "
+            f"held-out validation on {train['val_samples']:,} images carved from the training "
+            f"split: accuracy {_pct(train.get('val_accuracy'))}; {train['seconds']:.0f} s.",
+            "",
+            "![training curves](training_curves.png)",
+            "",
+        ]
+    compress = _read(out, "compress.json")
+    if compress:
+        lines += ["## Compression", "", "```json", json.dumps(compress, indent=1)[:4000], "```", ""]
+    evaluation = _read(out, "evaluate.json")
+    convert = _read(out, "convert.json") or {}
+    if evaluation:
+        float_acc = evaluation["accuracy"][0]["accuracy"]
+        lines += [
+            "## Accuracy and size",
+            "",
+            f"Top-1 on {evaluation['test_samples']:,} images of the test split (never used for "
+            "training, calibration or tuning). Agreement is top-1 agreement with the Keras "
+            "model on held-out inputs, measured by the converter in LiteRT.",
+            "",
+            "| model | top-1 | vs float | size | agreement with Keras | file |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for row in evaluation["accuracy"]:
+            mode = row["model"].replace("tflite ", "")
+            conv = convert.get(mode, {})
+            verification = conv.get("verification") or {}
+            file = (
+                f"[model_{mode}.tflite](model_{mode}.tflite)" if row["bytes"] else "model (Keras)"
+            )
+            lines.append(
+                f"| {row['model']} | {_pct(row['accuracy'])} | "
+                f"{100 * (row['accuracy'] - float_acc):+.2f} pt | {_kib(row['bytes'])} | "
+                f"{_pct(verification.get('top1_agreement'))} | {file} |"
+            )
+        lines.append("")
+        if evaluation.get("test_time"):
+            lines += [
+                "### Test-time techniques",
+                "",
+                "| technique | top-1 | ms per image | cost vs single crop |",
+                "|---|---:|---:|---:|",
+            ]
+            for row in evaluation["test_time"]:
+                lines.append(
+                    f"| {row['technique']} | {_pct(row['accuracy'])} | {row['ms_per_image']:.3f} | "
+                    f"{row['cost_vs_single']:.1f}x |"
+                )
+            lines.append("")
+        notes = [n for conv in convert.values() for n in conv.get("notes", [])]
+        if notes:
+            lines += ["Converter notes:", "", *[f"- {n}" for n in notes], ""]
+    c_files = sorted(p.name for p in out.glob("model_*.cc"))
+    if c_files:
+        lines += [
+            "C arrays for TFLite Micro: "
+            + ", ".join(f"[{n}]({n}) / [{n[:-3]}.h]({n[:-3]}.h)" for n in c_files),
+            "",
+        ]
+    bench = [(d.name, _read(out, f"bench_{d.name}.json")) for d in recipe.devices]
+    if any(result for _, result in bench):
+        lines += [
+            "## Devices",
+            "",
+            "| device | model | verdict | latency ms (p50) | estimated ms | arena / activations | flash | measured |",
+            "|---|---|---|---:|---:|---:|---:|---|",
+        ]
+        for name, result in bench:
+            if not result:
+                continue
+            est = result.get("estimate") or {}
+            lat = (result.get("latency_ms") or {}).get("p50")
+            arena = (
+                result.get("arena_bytes")
+                or est.get("arena_bytes")
+                or est.get("peak_activation_bytes")
+            )
+            lines.append(
+                f"| {name} | {Path(result['model']).name} | **{result['verdict']}** | {_ms(lat)} | "
+                f"{_ms(est.get('latency_ms'))} | {_kib(arena)} | {_kib(est.get('flash_bytes'))} | "
+                f"{', '.join(result.get('measured') or []) or 'estimated only'} |"
+            )
+        lines.append("")
+        for name, result in bench:
+            if result and result.get("reasons"):
+                lines += [f"- {name}: " + "; ".join(result["reasons"])]
+        lines.append("")
+        for name, _ in bench:
+            for image in sorted(out.glob(f"bench_{name}*.png")):
+                lines.append(f"![{image.stem}]({image.name})")
+        lines.append("")
+    timings = ", ".join(f"{k} {v.seconds:.0f} s" for k, v in state.items())
+    lines += ["## Steps", "", f"Time per step: {timings}.", ""]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines) + "\n", force=True)
+    return path

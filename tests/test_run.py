@@ -1,0 +1,123 @@
+"""`mobilecv run`: a small recipe end to end, resumability, failures, dry runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from mobilecv import recipe as recipes
+from mobilecv.cli import main
+
+TINY = [
+    "data.dataset=digits",
+    "model.resolution=32",
+    "model.width=0.35",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "convert.calibration_samples=64",
+    "evaluate.test_samples=120",
+]
+
+
+@pytest.mark.parametrize("name", recipes.builtin_recipes())
+def test_every_shipped_recipe_passes_dry_run(name, tmp_path):
+    result = CliRunner().invoke(
+        main, ["run", name, "--dry-run", "-o", str(tmp_path / "x"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert [s["step"] for s in plan["steps"]][0] == "build"
+    assert not (tmp_path / "x").exists()
+
+
+def test_small_run_writes_report_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "mobilenet_v2_fashion_int8", "-o", str(out), "--json"]
+    for item in [*TINY, "devices=[{name: host}, {name: stm32h743}]"]:
+        args += ["--set", item]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output)
+    assert summary["ran"] == ["build", "train", "convert", "evaluate", "bench", "report"]
+    report = (out / "report.md").read_text()
+    for needle in (
+        "recipe.resolved.yaml",
+        "training_curves.png",
+        "model_int8.tflite",
+        "| tflite int8 |",
+        "stm32h743",
+        "model_int8.cc",
+    ):
+        assert needle in report
+    assert (out / "recipe.resolved.yaml").exists()
+    evaluation = json.loads((out / "evaluate.json").read_text())
+    assert evaluation["test_samples"] == 120
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in evaluation["accuracy"])
+    # unchanged: nothing is redone
+    again = json.loads(CliRunner().invoke(main, args).output)
+    assert again["ran"] == []
+    # a changed bench budget reruns only bench and report
+    changed = CliRunner().invoke(main, [*args, "--set", "devices.0.max_latency_ms=0.0001"])
+    assert json.loads(changed.output)["ran"] == ["bench", "report"]
+    assert "does not fit" in (out / "report.md").read_text()
+
+
+def test_failed_step_keeps_earlier_artefacts_and_names_the_step(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "mobilenet_v2_fashion_int8", "-o", str(out)]
+    for item in [*TINY, "convert.modes=[int8]", "convert.calibration_samples=0"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (1, 2)
+    assert "step 'convert' failed" in result.output
+    assert (out / "trained.keras").exists() and (out / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=mobilenet_v9", "did you mean"),
+        ("data.dataset=/no/such/data.npz", "no/such"),
+        ("devices=[{name: toaster}]", "toaster"),
+        ("train.strategy=galaxy", "allowed: default, mirrored, multi_worker"),
+    ],
+)
+def test_bad_recipe_values_exit_2(override, message, tmp_path):
+    result = CliRunner().invoke(
+        main, ["run", "mobilenet_v2_fashion_int8", "--dry-run", "--set", override]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_missing_dataset_package_is_explained(tmp_path, monkeypatch):
+    from mobilecv.data import datasets
+
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path / "absent", raising=False)
+    result = CliRunner().invoke(
+        main,
+        ["run", "mobilenet_v2_fashion_int8", "-o", str(tmp_path / "o"), "--set", "train.epochs=1"],
+    )
+    assert result.exit_code in (1, 2)
+    assert "dataset-fashion-mnist" in result.output
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from mobilecv import recipe
+from mobilecv.runner import run, strategy_for
+r = recipe.load("mobilenet_v2_fashion_int8", {TINY + ["train.strategy=mirrored", "devices=[]", "convert.modes=[none]"]!r})
+assert strategy_for(r.train.strategy).num_replicas_in_sync == 2
+summary = run(r, {str(tmp_path / "m")!r}, progress=False)
+assert "train" in summary["ran"], summary
+print("replicas ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "replicas ok" in proc.stdout
