@@ -1,0 +1,683 @@
+"""Width x resolution (x depth) sweeps of one family, measured and judged for a device.
+
+Each grid point is built, profiled, int8-converted and benchmarked in its own worker
+process (spawned, so each worker imports TensorFlow itself and a crash or leak stays in
+that worker): params and MACs from :func:`mobilecv.profile.profile`, the int8 .tflite
+from :func:`converters.tflite.convert`, the latency measured on the host with one
+thread, and the estimate and fit verdict under a device profile from
+:func:`mobilecv.bench.run`. Optionally each point is first trained for a few epochs and
+scored on the test split (used for nothing else). A point that fails becomes a row
+with its error.
+
+:func:`pareto_front` and :func:`plot` answer the course's question on these numbers:
+which (width, depth, resolution) gives the most accuracy (or, untrained, compute) per
+millisecond among the points that fit the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+from mobilecv.errors import InputError
+
+CSV_NAME = "sweep.csv"
+JSON_NAME = "sweep.json"
+PLOT_NAME = "pareto.png"
+MODELS_DIR = "models"
+
+# Column order of sweep.csv (and of the rows' keys).
+COLUMNS = (
+    "family",
+    "width",
+    "depth",
+    "resolution",
+    "params",
+    "macs",
+    "tflite_bytes",
+    "host_latency_ms",
+    "host_latency_p90_ms",
+    "device",
+    "device_latency_ms",
+    "device_flash_bytes",
+    "device_ram_bytes",
+    "arena_bytes",
+    "fits",
+    "fits_flash",
+    "fits_ram",
+    "fits_latency",
+    "fits_ops",
+    "verdict",
+    "reasons",
+    "val_accuracy",
+    "accuracy",
+    "pareto",
+    "seconds",
+    "tflite",
+    "error",
+)
+
+
+# --------------------------------------------------------------------------- input
+
+
+def parse_list(text: str, kind: type, name: str) -> tuple:
+    """'0.25,0.5' -> (0.25, 0.5); an empty list or a non-number is an InputError."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise InputError(f"--{name} is empty: give a comma-separated list, e.g. 0.25,0.5")
+    try:
+        values = [kind(s) for s in items]
+    except ValueError:
+        raise InputError(
+            f"--{name} must be comma-separated {kind.__name__} values, got {text!r}"
+        ) from None
+    return tuple(values)
+
+
+def _unique(values: Sequence, name: str) -> tuple:
+    values = tuple(dict.fromkeys(values))  # drop repeats, keep order
+    if not values:
+        raise InputError(f"{name} is empty: the sweep grid needs at least one value")
+    return values
+
+
+def grid(
+    family: str,
+    widths: Sequence[float],
+    resolutions: Sequence[int],
+    depths: Sequence[float] = (1.0,),
+    *,
+    classes: int = 10,
+    input_channels: int = 1,
+) -> list[dict]:
+    """Every (width, depth, resolution) point, validated by the registry (no model built).
+
+    Raises KeyError for an unknown family and ValueError/InputError for a knob the family
+    cannot take (width 0, a resolution below its minimum, ...), so bad input fails
+    before any worker starts.
+    """
+    from mobilecv.registry import get, resolve
+
+    get(family)
+    widths = _unique(widths, "widths")
+    depths = _unique(depths, "depths")
+    resolutions = _unique(resolutions, "resolutions")
+    points = []
+    for depth in depths:
+        for width in widths:
+            for resolution in resolutions:
+                try:
+                    knobs = resolve(
+                        family,
+                        width=width,
+                        depth=depth,
+                        resolution=resolution,
+                        classes=classes,
+                        input_channels=input_channels,
+                    )
+                except (ValueError, KeyError) as exc:
+                    raise InputError(
+                        f"{family} width={width} depth={depth} resolution={resolution}: {exc}"
+                    ) from None
+                points.append(
+                    {
+                        "family": family,
+                        "width": knobs["width"],
+                        "depth": knobs["depth"],
+                        "resolution": int(knobs["resolution"]),
+                        "classes": int(knobs["classes"]),
+                        "input_channels": int(knobs["input_channels"]),
+                    }
+                )
+    return points
+
+
+def point_name(row: Mapping) -> str:
+    return f"{row['family']}_w{row['width']:g}_d{row['depth']:g}_r{row['resolution']}"
+
+
+# --------------------------------------------------------------------------- worker
+
+_MEASURE_LOCK = None
+
+
+def _init_worker(lock, tf_threads: int) -> None:
+    """Runs once per spawned worker: import TF here, and keep each worker to its share of
+    the cores so two workers do not oversubscribe the machine."""
+    global _MEASURE_LOCK
+    _MEASURE_LOCK = lock
+    from mobilecv._tf import tf
+
+    T = tf()
+    try:
+        T.config.threading.set_intra_op_parallelism_threads(tf_threads)
+        T.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised: keep TF's own choice
+        pass
+
+
+def _test_arrays(dataset: str, samples: int | None, shape) -> tuple[np.ndarray, np.ndarray]:
+    from mobilecv.data import Split, load_arrays
+    from mobilecv.data.datasets import prepare_images
+
+    data = load_arrays(dataset, Split.TEST, limit=samples)
+    x = prepare_images(data.x, (shape[1], shape[2]), shape[3], 1.0 / 255.0)
+    return np.asarray(x, dtype=np.float32), np.asarray(data.y)
+
+
+def _measure_point(task: dict) -> dict:
+    import mobilecv
+    from converters.tflite import convert
+    from mobilecv import bench
+    from mobilecv.bench import devices
+    from mobilecv.profile import profile
+
+    row: dict = {}
+    model = mobilecv.build(
+        task["family"],
+        width=task["width"],
+        depth=task["depth"],
+        resolution=task["resolution"],
+        classes=task["classes"],
+        input_channels=task["input_channels"],
+    )
+    prof = profile(model)
+    row["params"] = int(prof.params)
+    row["macs"] = int(prof.macs)
+
+    dataset = task["dataset"]
+    if task["train_epochs"] > 0:
+        from mobilecv.train import train
+
+        model, report = train(
+            model,
+            dataset,
+            task["train_epochs"],
+            batch_size=task["batch_size"],
+            limit=task["train_limit"],
+            progress=False,
+        )
+        row["val_accuracy"] = report.val_accuracy
+
+    shape = (1, *(int(d) for d in model.input_shape[1:]))
+    if dataset is not None:
+        calibration = dataset
+    else:  # no data: calibrate on uniform [0, 1) images, the range the loaders produce
+        calibration = np.random.default_rng(0).random(
+            (task["calibration_samples"] + 64, *shape[1:]), dtype=np.float32
+        )
+    result = convert(
+        model,
+        quantize="int8",
+        calibration=calibration,
+        samples=task["calibration_samples"],
+        progress=False,
+    )
+    path = Path(task["models_dir"]) / f"{point_name(task)}.tflite"
+    result.save(path, force=True)
+    row["tflite"] = os.fspath(path)
+    row["tflite_bytes"] = result.size
+
+    if task["train_epochs"] > 0:
+        from mobilecv.evaluate import TfliteModel, top1
+
+        # The test split is read only here, for the final score of the int8 model.
+        x, y = _test_arrays(dataset, task["test_samples"], shape)
+        row["accuracy"] = top1(TfliteModel(result.tflite).predict(x), y)
+
+    host = devices.get("host", calibrate=False)
+    # One measurement at a time across workers, so a neighbour's conversion is the only
+    # load on the other core rather than a second timed model.
+    lock = _MEASURE_LOCK
+    if lock is not None:
+        lock.acquire()
+    try:
+        measured = bench.run(path, host, threads=1, runs=task["runs"], warmup=task["warmup"])
+    finally:
+        if lock is not None:
+            lock.release()
+    row["host_latency_ms"] = measured["latency_ms"]["p50"]
+    row["host_latency_p90_ms"] = measured["latency_ms"]["p90"]
+
+    if task["device"] == "host":
+        judged = bench.run(
+            path,
+            host,
+            threads=1,
+            max_latency_ms=task["max_latency_ms"],
+            measure_host=False,
+        )
+    else:
+        judged = bench.run(path, task["device"], threads=1, max_latency_ms=task["max_latency_ms"])
+    est = judged["estimate"] or {}
+    row.update(
+        device=judged["device"],
+        device_latency_ms=est.get("latency_ms"),
+        device_flash_bytes=est.get("flash_bytes"),
+        device_ram_bytes=est.get("ram_bytes"),
+        arena_bytes=judged.get("arena_bytes"),
+        fits=judged["verdict"] == "fits",
+        **{f"fits_{k}": v for k, v in judged["fits"].items() if f"fits_{k}" in COLUMNS},
+        verdict=judged["verdict"],
+        reasons=list(judged["reasons"]),
+    )
+    return row
+
+
+def _run_point(task: dict) -> dict:
+    """Worker entry point: never raises, a failure is the row's `error`."""
+    start = time.perf_counter()
+    row = _empty_row(task)
+    try:
+        row.update(_measure_point(task))
+    except Exception as exc:  # noqa: BLE001 - one bad point must not end the sweep
+        row["error"] = _error_line(exc)
+        if os.environ.get("MOBILECV_SWEEP_TRACEBACK"):
+            traceback.print_exc()
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def _empty_row(point: Mapping) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update({k: point[k] for k in ("family", "width", "depth", "resolution")})
+    row["device"] = point.get("device")
+    row["reasons"] = []
+    row["pareto"] = False
+    return row
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep(
+    family: str,
+    widths: Sequence[float],
+    resolutions: Sequence[int],
+    depths: Sequence[float] = (1.0,),
+    device: str = "stm32f746",
+    train_epochs: int = 0,
+    dataset: str | None = "fashion_mnist",
+    workers: int = 2,
+    *,
+    classes: int | None = None,
+    input_channels: int | None = None,
+    max_latency_ms: float | None = None,
+    out_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    train_limit: int | None = 5000,
+    test_samples: int | None = 2000,
+    batch_size: int = 64,
+    calibration_samples: int = 100,
+    runs: int = 30,
+    warmup: int = 5,
+    progress: bool = True,
+) -> list[dict]:
+    """Build, convert (int8) and benchmark every grid point in `workers` processes.
+
+    Returns one row per point (keys: :data:`COLUMNS`), in grid order. `dataset`
+    calibrates the int8 conversion (random images when None) and, with
+    `train_epochs` > 0, trains each point on `train_limit` training images and scores
+    the int8 model on `test_samples` test images. `classes` / `input_channels` default
+    to the dataset's. With `out_dir`, writes sweep.csv, sweep.json, pareto.png and the
+    .tflite files (models/) there; existing outputs need `force`.
+
+    Workers are spawned, so a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard.
+    """
+    from mobilecv.bench import devices
+
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if train_epochs < 0:
+        raise InputError(f"train_epochs must be >= 0, got {train_epochs}")
+    if train_epochs > 0 and dataset is None:
+        raise InputError("training needs a dataset (--data)")
+    for name, value in (("runs", runs), ("calibration_samples", calibration_samples)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    if max_latency_ms is not None and not max_latency_ms > 0:
+        raise InputError(f"max_latency_ms must be > 0, got {max_latency_ms}")
+    dev = devices.get(device, calibrate=False)
+    if dataset is not None and (classes is None or input_channels is None):
+        from mobilecv.data import Split, load_arrays
+
+        sample = load_arrays(dataset, Split.VALIDATION, limit=1)
+        classes = sample.classes if classes is None else classes
+        input_channels = int(sample.x.shape[-1]) if input_channels is None else input_channels
+    points = grid(
+        family,
+        widths,
+        resolutions,
+        depths,
+        classes=1000 if classes is None else classes,
+        input_channels=3 if input_channels is None else input_channels,
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        for name in (CSV_NAME, JSON_NAME, PLOT_NAME):
+            if (out / name).exists() and not force:
+                raise InputError(f"{out / name} exists; pass --force to overwrite")
+        models_dir = out / MODELS_DIR
+        models_dir.mkdir(parents=True, exist_ok=True)
+        scratch = None
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="mobilecv-sweep-")
+        models_dir = Path(scratch.name)
+
+    common = {
+        "device": device if device.endswith((".yaml", ".yml")) else dev.name,
+        "max_latency_ms": max_latency_ms,
+        "dataset": dataset,
+        "train_epochs": train_epochs,
+        "train_limit": train_limit,
+        "test_samples": test_samples,
+        "batch_size": batch_size,
+        "calibration_samples": calibration_samples,
+        "runs": runs,
+        "warmup": warmup,
+        "models_dir": os.fspath(models_dir),
+    }
+    tasks = [{**p, **common} for p in points]
+    try:
+        rows = _run_all(tasks, workers, progress)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    for row in rows:
+        row["device"] = row["device"] or dev.name
+        if scratch is not None:
+            row["tflite"] = None
+    mark_pareto(rows)
+    if out_dir is not None:
+        settings = {
+            "family": family,
+            "device": dev.name,
+            "max_latency_ms": max_latency_ms,
+            "classes": classes,
+            "input_channels": input_channels,
+            "dataset": dataset,
+            "train_epochs": train_epochs,
+            "train_limit": train_limit if train_epochs else None,
+            "test_samples": test_samples if train_epochs else None,
+            "runs": runs,
+            "threads": 1,
+        }
+        write_outputs(rows, out_dir, settings, force=True)
+    return rows
+
+
+def _pool(ctx, workers: int, lock, tf_threads: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(lock, tf_threads),
+    )
+
+
+def _run_all(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
+    """Run every task in a spawned process pool, one row per task in task order.
+
+    A worker that dies (segfault, OOM kill) breaks the whole pool and every pending
+    future with it; those points are retried one by one, each in a fresh one-worker
+    pool, so only the point that really kills its process ends up as an error row.
+    """
+    from tqdm import tqdm
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = min(workers, len(tasks))
+    tf_threads = max(1, (os.cpu_count() or 1) // workers)
+    lock = ctx.Lock()
+    rows: list[dict | None] = [None] * len(tasks)
+    broken: list[int] = []
+    bar = tqdm(total=len(tasks), desc="sweep", unit="point", file=sys.stderr, disable=not progress)
+
+    def done(i: int, row: dict) -> None:
+        rows[i] = row
+        bar.update(1)
+        bar.set_postfix_str(f"{point_name(row)} {'error' if row['error'] else row['verdict']}")
+
+    with _pool(ctx, workers, lock, tf_threads) as pool:
+        futures = {pool.submit(_run_point, task): i for i, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                done(i, future.result())
+            except BrokenProcessPool:
+                broken.append(i)
+            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                row = _empty_row(tasks[i])
+                row["error"] = f"worker failed: {_error_line(exc)}"
+                done(i, row)
+    for i in sorted(broken):
+        with _pool(ctx, 1, lock, max(1, os.cpu_count() or 1)) as pool:
+            try:
+                row = pool.submit(_run_point, tasks[i]).result()
+            except BrokenProcessPool as exc:
+                row = _empty_row(tasks[i])
+                row["error"] = f"worker process died: {_error_line(exc)}"
+        done(i, row)
+    bar.close()
+    return rows  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- Pareto
+
+
+def _number(value) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def pareto_front(
+    points: Sequence[Mapping],
+    x: str,
+    y: str,
+    *,
+    minimize_x: bool = True,
+    maximize_y: bool = True,
+) -> list[int]:
+    """Indices of the points no other point dominates, ordered by x.
+
+    A point is dominated when another is at least as good on both axes and strictly
+    better on one (by default: lower x, e.g. latency, and higher y, e.g. accuracy).
+    Points missing x or y take no part.
+    """
+    sx = 1.0 if minimize_x else -1.0
+    sy = -1.0 if maximize_y else 1.0
+    # Both axes as "smaller is better".
+    coords = []
+    for i, p in enumerate(points):
+        px, py = _number(p.get(x)), _number(p.get(y))
+        if px is not None and py is not None:
+            coords.append((i, sx * px, sy * py))
+    front = []
+    for i, ax, ay in coords:
+        dominated = any(
+            bx <= ax and by <= ay and (bx < ax or by < ay) for j, bx, by in coords if j != i
+        )
+        if not dominated:
+            front.append((ax, ay, i))
+    return [i for _, _, i in sorted(front)]
+
+
+def y_key(rows: Sequence[Mapping]) -> str:
+    """'accuracy' when any point was trained and scored, else 'macs'."""
+    return "accuracy" if any(_number(r.get("accuracy")) is not None for r in rows) else "macs"
+
+
+def mark_pareto(rows: list[dict]) -> list[int]:
+    """Set each row's `pareto` flag: on the latency/y frontier of the points that fit."""
+    y = y_key(rows)
+    candidates = [i for i, r in enumerate(rows) if not r.get("error") and r.get("fits")]
+    front = pareto_front([rows[i] for i in candidates], "host_latency_ms", y)
+    chosen = {candidates[k] for k in front}
+    for i, row in enumerate(rows):
+        row["pareto"] = i in chosen
+    return sorted(chosen, key=lambda i: rows[i]["host_latency_ms"])
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def to_csv(rows: Sequence[Mapping]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = dict(row)
+        flat["reasons"] = "; ".join(row.get("reasons") or [])
+        writer.writerow(flat)
+    return buf.getvalue()
+
+
+def plot(
+    rows: Sequence[Mapping],
+    path: str | os.PathLike,
+    *,
+    device: str | None = None,
+    title: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Accuracy (or MACs) against measured host latency; points that do not fit the
+    device in grey, the frontier of those that fit marked and connected."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mobilecv.fileio import atomic_path
+
+    y = y_key(rows)
+    ok = [
+        r
+        for r in rows
+        if not r.get("error")
+        and _number(r.get("host_latency_ms")) is not None
+        and _number(r.get(y)) is not None
+    ]
+    scale = 100.0 if y == "accuracy" else 1e-6
+    ylabel = "test top-1 of the int8 model (%)" if y == "accuracy" else "MMACs"
+    device = device or next((r.get("device") for r in rows if r.get("device")), "device")
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fit = [r for r in ok if r.get("fits")]
+    miss = [r for r in ok if not r.get("fits")]
+    if miss:
+        ax.scatter(
+            [r["host_latency_ms"] for r in miss],
+            [r[y] * scale for r in miss],
+            c="0.75",
+            edgecolors="0.55",
+            s=36,
+            label=f"does not fit {device}",
+            zorder=2,
+        )
+    if fit:
+        ax.scatter(
+            [r["host_latency_ms"] for r in fit],
+            [r[y] * scale for r in fit],
+            c="tab:blue",
+            s=36,
+            label=f"fits {device}",
+            zorder=3,
+        )
+    front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r["host_latency_ms"])
+    if front:
+        ax.plot(
+            [r["host_latency_ms"] for r in front],
+            [r[y] * scale for r in front],
+            "-o",
+            color="tab:red",
+            mfc="none",
+            ms=11,
+            mew=1.6,
+            label="Pareto frontier (of points that fit)",
+            zorder=4,
+        )
+    for r in ok:
+        ax.annotate(
+            f"w{r['width']:g} r{r['resolution']}"
+            + (f" d{r['depth']:g}" if r["depth"] != 1 else ""),
+            (r["host_latency_ms"], r[y] * scale),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+            color="0.2" if r.get("fits") else "0.55",
+        )
+    lat = [r["host_latency_ms"] for r in ok]
+    if lat and min(lat) > 0 and max(lat) / min(lat) > 20:
+        ax.set_xscale("log")
+    if y == "macs" and ok:
+        values = [r[y] for r in ok]
+        if min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+    failed = len(rows) - len(ok)
+    ax.set_xlabel("measured host latency, 1 thread, p50 (ms)")
+    ax.set_ylabel(ylabel)
+    family = next((r.get("family") for r in rows), "")
+    ax.set_title(
+        title
+        or f"{family}: {y if y == 'accuracy' else 'MACs'} vs latency, fit judged for {device}"
+        + (f" ({failed} point(s) failed)" if failed else "")
+    )
+    ax.grid(True, alpha=0.3)
+    if ok:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no point was measured", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    with atomic_path(path, force) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_outputs(
+    rows: Sequence[Mapping],
+    out_dir: str | os.PathLike,
+    settings: Mapping | None = None,
+    force: bool = False,
+) -> dict[str, Path]:
+    """Write DIR/sweep.csv, DIR/sweep.json and DIR/pareto.png, each atomically."""
+    from mobilecv.fileio import write_json, write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(settings or {})
+    paths = {
+        "csv": write_text(out / CSV_NAME, to_csv(rows), force=force),
+        "json": write_json(
+            out / JSON_NAME,
+            {**settings, "y": y_key(rows), "rows": [dict(r) for r in rows]},
+            force=force,
+        ),
+        "plot": plot(rows, out / PLOT_NAME, device=settings.get("device"), force=force),
+    }
+    return paths
