@@ -1,7 +1,8 @@
-"""`make demo`: the main job on the built-in defaults.
+"""`make demo`: the default recipe end to end on the real Fashion-MNIST.
 
-Build mobilenet_v2 (width 0.5, 160 px), profile it, export a float32 .tflite that is
-verified in LiteRT, benchmark it on this host, and print one summary.
+Trains a small MobileNetV2, quantises it to int8, converts it (with a C array for
+TFLite Micro), evaluates float and int8 on the 10k test split, benchmarks on this host,
+a Pixel-1-class phone and an STM32H743, writes report.md, and prints the summary.
 """
 
 from __future__ import annotations
@@ -12,87 +13,59 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
-import mobilecv
+from mobilecv import recipe
 from mobilecv.profile import format_table, profile
+from mobilecv.runner import run
 
-DEFAULTS = {"name": "mobilenet_v2", "width": 0.5, "resolution": 160}
+DEFAULT_RECIPE = "mobilenet_v2_fashion_int8"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    parser.add_argument("--runs", type=int, default=30, help="timed LiteRT runs on this host")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4, desc="demo", unit="step", file=sys.stderr)
-    started = time.perf_counter()
-
-    steps.set_postfix_str("build")
-    model = mobilecv.build(
-        DEFAULTS["name"], width=DEFAULTS["width"], resolution=DEFAULTS["resolution"]
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe name or path")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="recipe override (repeatable)",
     )
-    keras_path = out / "mobilenet_v2_w0.5_r160.keras"
-    from mobilecv.modelio import save_model
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    loaded = recipe.load(args.recipe, args.overrides)
+    summary = run(loaded, args.out)
+    out = Path(args.out)
 
-    save_model(model, keras_path, force=True)
-    steps.update()
+    from converters.tflite import load_keras_model
 
-    steps.set_postfix_str("profile")
-    prof = profile(model, name=DEFAULTS["name"], width=DEFAULTS["width"])
-    (out / "profile.json").write_text(json.dumps(prof.to_json(), indent=1))
-    steps.update()
-
-    steps.set_postfix_str("convert")
-    from converters.tflite import convert
-
-    result = convert(model, quantize="none", progress=False)
-    tflite_path = out / "mobilenet_v2_w0.5_r160.tflite"
-    result.save(tflite_path, force=True)
-    steps.update()
-
-    steps.set_postfix_str("bench")
-    from mobilecv.bench import run as bench_run
-
-    bench = bench_run(str(tflite_path), device="host", threads=1, runs=args.runs, warmup=3)
-    (out / "bench.json").write_text(json.dumps(bench, indent=1, default=str))
-    steps.update()
-    steps.close()
-
-    print(format_table(prof, top=10))
     print()
-    v = result.verification
-    lat = bench.get("latency_ms") or {}
-    summary = [
-        (
-            "model",
-            f"{DEFAULTS['name']} width {DEFAULTS['width']} resolution {DEFAULTS['resolution']}",
-        ),
-        ("params", f"{prof.params:,}"),
-        ("MACs", f"{prof.macs:,}"),
-        (
-            "peak activations",
-            f"{prof.activation_bytes:,} B float32 / {prof.activation_bytes_int8:,} B int8",
-        ),
-        ("keras file", f"{keras_path} ({keras_path.stat().st_size:,} B)"),
-        ("tflite (float32)", f"{tflite_path} ({result.size:,} B)"),
-        (
-            "LiteRT vs Keras",
-            f"max abs error {v.max_abs_error:.2e} on {v.samples} {v.data} inputs"
-            if v
-            else "not verified",
-        ),
-        (
-            "host latency, 1 thread",
-            f"p50 {lat.get('p50', float('nan')):.2f} ms, p90 {lat.get('p90', float('nan')):.2f} ms over {bench.get('runs')} runs",
-        ),
-        ("verdict on host", f"{bench.get('verdict')}"),
-        ("total time", f"{time.perf_counter() - started:.1f} s"),
-    ]
-    width = max(len(k) for k, _ in summary)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in summary))
+    print(
+        format_table(profile(load_keras_model(out / "model.keras"), name=loaded.model.name), top=8)
+    )
+    evaluation = json.loads((out / "evaluate.json").read_text())
+    rows = evaluation["accuracy"]
+    print(f"\nTop-1 on {evaluation['test_samples']:,} Fashion-MNIST test images:")
+    for row in rows:
+        size = f"{row['bytes']:>10,} B" if row["bytes"] else " " * 12
+        drop = 100 * (row["accuracy"] - rows[0]["accuracy"])
+        print(f"  {row['model']:<16} {100 * row['accuracy']:6.2f}%  {drop:+5.2f} pt  {size}")
+    print("\nDevices:")
+    for device in loaded.devices:
+        bench = json.loads((out / f"bench_{device.name}.json").read_text())
+        p50 = (bench.get("latency_ms") or {}).get("p50")
+        latency = (
+            f"measured p50 {p50:.3f} ms"
+            if p50
+            else f"estimated {bench['estimate']['latency_ms']:.2f} ms"
+        )
+        reasons = "; ".join(bench.get("reasons") or [])
+        print(f"  {device.name:<10} {bench['verdict']:<13} {latency}  {reasons}")
+    print(
+        f"\nReport: {out / 'report.md'}   (steps run: {', '.join(summary['ran']) or 'none, all up to date'})"
+    )
+    print(f"Total: {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -121,3 +121,39 @@ print("replicas ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "replicas ok" in proc.stdout
+
+
+SMALL = [
+    "data.dataset=digits",
+    "train.epochs=1",
+    "compress.epochs=1",
+    "convert.calibration_samples=64",
+    "evaluate.test_samples=100",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", recipes.builtin_recipes())
+def test_small_run_of_every_shipped_recipe(name, tmp_path):
+    out = tmp_path / name
+    args = ["run", name, "-o", str(out), "--json"]
+    for item in SMALL:
+        args += ["--set", item]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    loaded = recipes.load(name)
+    for device in loaded.devices:
+        bench = json.loads((out / f"bench_{device.name}.json").read_text())
+        assert bench["verdict"] in ("fits", "does not fit")
+    evaluation = json.loads((out / "evaluate.json").read_text())
+    assert len(evaluation["accuracy"]) == 1 + len(loaded.convert.modes)
+    report = (out / "report.md").read_text()
+    assert "## Accuracy and size" in report
+    if loaded.compress.qat:
+        inspect = json.loads(
+            CliRunner().invoke(main, ["inspect", str(out / "model_int8.tflite"), "--json"]).output
+        )
+        assert not inspect["float_ops"], inspect["float_ops"]
+    if name == "mobilenet_v1_mcu":
+        bench = json.loads((out / "bench_stm32f746.json").read_text())
+        assert "arena_bytes" in bench["measured"], bench.get("reasons")
