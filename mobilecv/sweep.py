@@ -503,7 +503,7 @@ def pareto_front(
     minimize_x: bool = True,
     maximize_y: bool = True,
 ) -> list[int]:
-    """Indices of the points no other point dominates, ordered by x.
+    """Indices of the points no other point dominates, best x first.
 
     A point is dominated when another is at least as good on both axes and strictly
     better on one (by default: lower x, e.g. latency, and higher y, e.g. accuracy).
