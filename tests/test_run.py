@@ -35,7 +35,12 @@ def test_every_shipped_recipe_passes_dry_run(name, tmp_path):
 def test_small_run_writes_report_and_resumes(tmp_path):
     out = tmp_path / "run"
     args = ["run", "mobilenet_v2_fashion_int8", "-o", str(out), "--json"]
-    for item in [*TINY, "devices=[{name: host}, {name: stm32h743}]"]:
+    for item in [
+        *TINY,
+        "devices=[{name: host}, {name: stm32h743}]",
+        "evaluate.multi_crop=true",
+        "evaluate.ensemble=2",
+    ]:
         args += ["--set", item]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
@@ -55,6 +60,10 @@ def test_small_run_writes_report_and_resumes(tmp_path):
     evaluation = json.loads((out / "evaluate.json").read_text())
     assert evaluation["test_samples"] == 120
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in evaluation["accuracy"])
+    techniques = {row["technique"]: row for row in evaluation["test_time"]}
+    assert set(techniques) == {"single crop", "10-crop", "ensemble of 2"}
+    assert techniques["10-crop"]["cost_vs_single"] > 3  # ten forward passes per image
+    assert (out / "trained_1.keras").exists()
     # unchanged: nothing is redone
     again = json.loads(CliRunner().invoke(main, args).output)
     assert again["ran"] == []
