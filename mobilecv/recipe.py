@@ -23,7 +23,7 @@ import yaml
 from converters.tflite import Quantize as QuantMode
 from mobilecv.compress.prune import PrunePolicy
 from mobilecv.errors import InputError
-from mobilecv.train import Optimizer
+from mobilecv.train import Optimizer, Schedule
 
 
 class Strategy(enum.StrEnum):
@@ -57,6 +57,7 @@ class TrainSpec:
     batch_size: int = 64
     optimizer: Optimizer = Optimizer.ADAM
     learning_rate: float = 2e-3
+    schedule: Schedule = Schedule.COSINE
     augment: tuple[str, ...] = ()
     freeze: str | None = None  # a layer count, or "all-but-head"
     cache_features: bool = False

@@ -236,6 +236,7 @@ def run(
                         batch_size=recipe.train.batch_size,
                         learning_rate=recipe.train.learning_rate,
                         optimizer=recipe.train.optimizer.value,
+                        schedule=recipe.train.schedule.value,
                         freeze=_freeze(recipe.train.freeze),
                         cache_features=recipe.train.cache_features,
                         cache_dir=out / "features",

@@ -34,6 +34,11 @@ class Optimizer(enum.StrEnum):
     RMSPROP = "rmsprop"
 
 
+class Schedule(enum.StrEnum):
+    CONSTANT = "constant"
+    COSINE = "cosine"  # cosine decay to 1% of the rate over the whole run
+
+
 class Freeze(enum.StrEnum):
     ALL_BUT_HEAD = "all-but-head"
 
@@ -90,12 +95,14 @@ def outputs_probabilities(model) -> bool:
     return name == "softmax"
 
 
-def make_optimizer(K, name: str | Optimizer, learning_rate: float):
+def make_optimizer(K, name: str | Optimizer, learning_rate: float, decay_steps: int | None = None):
     try:
         kind = Optimizer(name)
     except ValueError:
         allowed = ", ".join(o.value for o in Optimizer)
         raise InputError(f"unknown optimizer {name!r}; allowed: {allowed}") from None
+    if decay_steps:
+        learning_rate = K.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
     if kind is Optimizer.SGD:
         return K.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
     if kind is Optimizer.RMSPROP:
@@ -104,11 +111,14 @@ def make_optimizer(K, name: str | Optimizer, learning_rate: float):
 
 
 def compile_for_classification(
-    model, learning_rate: float, optimizer: str | Optimizer = Optimizer.ADAM
+    model,
+    learning_rate: float,
+    optimizer: str | Optimizer = Optimizer.ADAM,
+    decay_steps: int | None = None,
 ) -> None:
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     model.compile(
-        optimizer=make_optimizer(K, optimizer, learning_rate),
+        optimizer=make_optimizer(K, optimizer, learning_rate, decay_steps),
         loss=K.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
         metrics=["accuracy"],
     )
@@ -251,6 +261,7 @@ def fit(
     compile_model: bool = True,
     recalibrate_bn: bool = True,
     optimizer: str | Optimizer = Optimizer.ADAM,
+    schedule: str | Schedule = Schedule.CONSTANT,
 ) -> dict[str, list[float]]:
     """Fit on train, validating on the held-out split after each epoch (used by compress too).
 
@@ -258,10 +269,11 @@ def fit(
     so the per-epoch validation figures are what the saved model would score.
     """
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    if compile_model:
-        compile_for_classification(model, learning_rate, optimizer)
-    train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
     steps = steps_per_epoch(len(splits.train), batch_size)
+    if compile_model:
+        decay = epochs * steps if Schedule(schedule) is Schedule.COSINE else None
+        compile_for_classification(model, learning_rate, optimizer, decay)
+    train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
     bar = TqdmProgress(K, epochs, steps, enabled=progress, summary=False)
     history: dict[str, list[float]] = {}
     for epoch in range(epochs):
@@ -349,6 +361,7 @@ def train(
     evaluate_test: bool = False,
     progress: bool = True,
     optimizer: str | Optimizer = Optimizer.ADAM,
+    schedule: str | Schedule = Schedule.CONSTANT,
 ):
     """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport)."""
     if epochs < 1:
@@ -379,6 +392,7 @@ def train(
             augment=augment,
             progress=progress,
             optimizer=optimizer,
+            schedule=schedule,
         )
     seconds = time.perf_counter() - start
     compile_for_classification(model, learning_rate, optimizer)
