@@ -650,6 +650,11 @@ def plot(
     ax.grid(True, alpha=0.3)
     if ok:
         ax.legend(fontsize=8, loc="lower right")
+        if not fit:
+            ax.text(
+                0.02, 0.97, f"no point fits {device}: no frontier", transform=ax.transAxes,
+                va="top", fontsize=9, color="tab:red",
+            )  # fmt: skip
     else:
         ax.text(0.5, 0.5, "no point was measured", ha="center", transform=ax.transAxes)
     fig.tight_layout()

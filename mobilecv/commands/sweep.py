@@ -126,7 +126,7 @@ def format_table(rows) -> str:
             continue
         verdict = r["verdict"] + (" *pareto*" if r.get("pareto") else "")
         if r["verdict"] != "fits" and r.get("reasons"):
-            verdict += f" ({r['reasons'][0]})"
+            verdict += f" ({'; '.join(r['reasons'])})"
         top1 = f"{100 * r['accuracy']:>5.1f}% " if acc and r.get("accuracy") is not None else ""
         lines.append(
             f"{r['width']:>5g} {r['depth']:>5g} {r['resolution']:>4} {r['params']:>9,} "
