@@ -16,6 +16,7 @@ millisecond among the points that fit the device.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -240,29 +241,25 @@ def _measure_point(task: dict) -> dict:
         row["accuracy"] = top1(TfliteModel(result.tflite).predict(x), y)
 
     host = devices.get("host", calibrate=False)
+    on_host = task["device"] == "host"
     # One measurement at a time across workers, so a neighbour's conversion is the only
     # load on the other core rather than a second timed model.
-    lock = _MEASURE_LOCK
-    if lock is not None:
-        lock.acquire()
-    try:
-        measured = bench.run(path, host, threads=1, runs=task["runs"], warmup=task["warmup"])
-    finally:
-        if lock is not None:
-            lock.release()
-    row["host_latency_ms"] = measured["latency_ms"]["p50"]
-    row["host_latency_p90_ms"] = measured["latency_ms"]["p90"]
-
-    if task["device"] == "host":
-        judged = bench.run(
+    with _MEASURE_LOCK or contextlib.nullcontext():
+        measured = bench.run(
             path,
             host,
             threads=1,
-            max_latency_ms=task["max_latency_ms"],
-            measure_host=False,
+            runs=task["runs"],
+            warmup=task["warmup"],
+            max_latency_ms=task["max_latency_ms"] if on_host else None,
         )
-    else:
-        judged = bench.run(path, task["device"], threads=1, max_latency_ms=task["max_latency_ms"])
+    row["host_latency_ms"] = measured["latency_ms"]["p50"]
+    row["host_latency_p90_ms"] = measured["latency_ms"]["p90"]
+    judged = (
+        measured
+        if on_host
+        else bench.run(path, task["device"], threads=1, max_latency_ms=task["max_latency_ms"])
+    )
     est = judged["estimate"] or {}
     row.update(
         device=judged["device"],

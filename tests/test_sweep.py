@@ -199,10 +199,14 @@ def test_sweep_with_short_training_scores_the_test_split(tmp_path):
     rows = sw.sweep(
         "mobilenet_v2", [0.35], [32], device="host", train_epochs=2, dataset="digits",
         workers=1, train_limit=600, test_samples=200, runs=5, out_dir=tmp_path, progress=False,
+        max_latency_ms=1e-6,
     )  # fmt: skip
     (row,) = rows
     assert row["error"] is None, row["error"]
     # 10 digit classes: chance is ~0.1; two short epochs must learn something.
     assert row["accuracy"] > 0.2 and row["val_accuracy"] is not None
-    assert row["pareto"]  # the only point that fits is its own frontier
+    # On host the budget is judged on the measured latency: nothing runs in 1 ns.
+    assert row["verdict"] == "does not fit" and row["fits_latency"] is False
+    assert any("latency" in reason for reason in row["reasons"])
+    assert not row["pareto"]  # only points that fit can be on the frontier
     assert json.loads((tmp_path / sw.JSON_NAME).read_text())["y"] == "accuracy"
