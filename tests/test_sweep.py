@@ -197,14 +197,15 @@ def test_real_tiny_sweep(tmp_path):
 @pytest.mark.slow
 def test_sweep_with_short_training_scores_the_test_split(tmp_path):
     rows = sw.sweep(
-        "mobilenet_v2", [0.35], [32], device="host", train_epochs=2, dataset="digits",
-        workers=1, train_limit=600, test_samples=200, runs=5, out_dir=tmp_path, progress=False,
+        "mobilenet_v2", [0.35], [32], device="host", train_epochs=4, dataset="digits",
+        workers=1, train_limit=None, test_samples=200, runs=5, out_dir=tmp_path, progress=False,
         max_latency_ms=1e-6,
     )  # fmt: skip
     (row,) = rows
     assert row["error"] is None, row["error"]
-    # 10 digit classes: chance is ~0.1; two short epochs must learn something.
-    assert row["accuracy"] > 0.2 and row["val_accuracy"] is not None
+    # 10 digit classes, chance ~0.1; 4 epochs on the ~1.3k training digits scored 0.56-0.60
+    # in two runs (2 epochs on 600 scored 0.25-0.30, too close to a bound to be a test).
+    assert row["accuracy"] > 0.35 and row["val_accuracy"] > 0.35
     # On host the budget is judged on the measured latency: nothing runs in 1 ns.
     assert row["verdict"] == "does not fit" and row["fits_latency"] is False
     assert any("latency" in reason for reason in row["reasons"])
