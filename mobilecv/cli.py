@@ -169,6 +169,7 @@ def _register_commands() -> None:
     from mobilecv.commands.bench import bench, devices
     from mobilecv.commands.convert import convert, inspect_cmd
     from mobilecv.commands.run import run_command
+    from mobilecv.commands.sweep import sweep_command
     from mobilecv.commands.train import compress_command, train_command
 
     for command in (
@@ -179,6 +180,7 @@ def _register_commands() -> None:
         bench,
         devices,
         run_command,
+        sweep_command,
     ):
         main.add_command(command)
 

@@ -137,6 +137,9 @@ def run(
     if proc.returncode and proc.returncode < 0:
         result["ok"] = False
         result["error"] = f"TFLM crashed with {signal.Signals(-proc.returncode).name}"
+        hint = _softmax_scale_hint(path)
+        if hint:
+            result["error"] += f" ({hint})"
     elif not result.get("ok") and "error" not in result:
         tail = [s for s in log.splitlines() if s.strip()]
         result["error"] = tail[-1] if tail else f"TFLM exited with code {proc.returncode}"
@@ -151,3 +154,28 @@ def run(
         section = log.split("=== allocations ===", 1)[1].split("=== end ===", 1)[0]
         result["allocations"] = [s.strip() for s in section.splitlines() if s.strip()]
     return result
+
+
+# TFLM aborts in CalculateSoftmaxParams when the int8 scale at SOFTMAX's input is tiny,
+# which happens when a model's logits are (nearly) constant, e.g. an untrained model.
+SOFTMAX_MIN_INPUT_SCALE = 1e-6
+
+
+def _softmax_scale_hint(path) -> str | None:
+    from mobilecv.tflite_graph import load
+
+    try:
+        graph = load(path)
+    except ValueError:
+        return None
+    for op in graph.ops:
+        if op.opcode != "SOFTMAX" or not op.inputs:
+            continue
+        tensor = graph.tensors[op.inputs[0]]
+        scale = tensor.scale[0] if tensor.scale else None
+        if scale is not None and 0 < scale < SOFTMAX_MIN_INPUT_SCALE:
+            return (
+                f"the SOFTMAX input scale is {scale:.2g}: the logits are nearly constant, as in "
+                "an untrained model, and TFLM cannot compute softmax parameters for it"
+            )
+    return None
