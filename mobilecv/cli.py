@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -73,7 +73,7 @@ def _knobs(no_top: bool = False, extra: tuple = (), **flags) -> dict:
 
 @main.command("list")
 @click.argument("pattern", default="*")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option()
 @handle_errors
 def list_cmd(pattern: str, as_json: bool) -> None:
     """List registered models (fnmatch PATTERN, e.g. 'mobilenet*') with their cost."""
@@ -102,8 +102,8 @@ def list_cmd(pattern: str, as_json: bool) -> None:
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.keras or OUT.h5"
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@force_option("an existing output")
+@json_option("the summary")
 @handle_errors
 def build(name, keras, weights, output, force, as_json, **scaling) -> None:
     """Build model NAME at any width, depth and resolution and save it."""
@@ -139,7 +139,7 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
 @click.argument("target")
 @scaling_options
 @click.option("--top", type=int, help="Show only the N layers with the most MACs.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (DESIGN.md schema).")
+@json_option("the DESIGN.md schema")
 @handle_errors
 def profile_cmd(target, keras, top, as_json, **scaling) -> None:
     """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""

@@ -66,3 +66,18 @@ def _json_default(value):
     if hasattr(value, "value"):  # str enums
         return value.value
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# The options every command spells the same way.
+def json_option(what: str = "the result"):
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def force_option(what: str = "existing outputs"):
+    return click.option("--force", is_flag=True, help=f"Overwrite {what}.")
+
+
+def out_dir_option(help: str = "Output directory.", required: bool = True):
+    return click.option(
+        "-o", "--output", "out_dir", required=required, type=click.Path(file_okay=False), help=help
+    )

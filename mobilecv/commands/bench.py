@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 
 
 def _cores(text: str | None) -> tuple[int, ...]:
@@ -67,8 +67,8 @@ def _cores(text: str | None) -> tuple[int, ...]:
     default=None,
     help="Write report.md and PNG plots into this directory.",
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing report.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result(s) as JSON.")
+@force_option("an existing report")
+@json_option("the result(s)")
 @handle_errors
 def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limit_mb, inputs,
           max_latency_ms, fail_if_not_fit, timeout, import_, report, force, as_json) -> None:  # fmt: skip
@@ -146,7 +146,7 @@ def _print(r: dict) -> None:
 
 
 @click.command("devices")
-@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+@json_option("the profiles")
 @handle_errors
 def devices(as_json: bool) -> None:
     """List the device profiles `mobilecv bench --device` accepts (host uncalibrated here)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 
 _MODES = ["none", "dynamic", "float16", "int8", "int16x8"]
 
@@ -66,8 +66,8 @@ _MODES = ["none", "dynamic", "float16", "int8", "int16x8"]
     show_default=True,
     help="c writes a .cc/.h pair for TFLite Micro.",
 )
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@force_option("existing outputs")
+@json_option("the result")
 @handle_errors
 def convert(
     model,
@@ -134,7 +134,7 @@ def convert(
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--tensors", is_flag=True, help="With --json: include every tensor and op.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("the report")
 @handle_errors
 def inspect_cmd(model, tensors, as_json):
     """Show what is inside MODEL.tflite: ops, I/O types and quantisation, weight

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import click
 
-from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.cliutil import echo_json, handle_errors, json_option, out_dir_option
 
 
 @click.command("run")
 @click.argument("recipe_name")
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    help="Output folder (default: runs/RECIPE_NAME).",
-)
+@out_dir_option("Output folder (default: runs/RECIPE_NAME).", required=False)
 @click.option(
     "--set",
     "overrides",
@@ -26,7 +20,7 @@ from mobilecv.cliutil import echo_json, handle_errors
 @click.option(
     "--dry-run", is_flag=True, help="Validate and show the plan; build and train nothing."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("the summary")
 @handle_errors
 def run_command(recipe_name, out_dir, overrides, dry_run, as_json) -> None:
     """Run RECIPE (a shipped recipe name or a YAML path): build, train, compress,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
 
 
 @click.command("sweep")
@@ -63,16 +63,9 @@ from mobilecv.cliutil import echo_json, handle_errors
     show_default=True,
     help="Parallel worker processes.",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output directory (sweep.csv, sweep.json, pareto.png, models/).",
-)
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@out_dir_option("Output directory (sweep.csv, sweep.json, pareto.png, models/).")
+@force_option("existing outputs")
+@json_option("the rows")
 @handle_errors
 def sweep_command(family, widths, resolutions, depths, device, max_latency_ms, train_epochs, data,
                   classes, input_channels, train_limit, test_samples, runs, workers, out_dir, force,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mobilecv.cliutil import echo_json, handle_errors
+from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
 from mobilecv.errors import InputError
 
 
@@ -90,16 +90,9 @@ def _freeze(value: str | None):
     is_flag=True,
     help="Also report top-1 on the test split after training (never used for tuning).",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output directory.",
-)
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@out_dir_option("Output directory.")
+@force_option("existing outputs")
+@json_option("the report")
 @handle_errors
 def train_command(
     model,
@@ -222,16 +215,9 @@ def train_command(
     default=None,
     help="Use only the first N training images (quick runs).",
 )
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output directory.",
-)
-@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@out_dir_option("Output directory.")
+@force_option("existing outputs")
+@json_option("the report")
 @handle_errors
 def compress_command(
     model,
