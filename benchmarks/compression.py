@@ -393,6 +393,18 @@ def sparse_finding(sp: dict) -> str:
         a, b = r[dense]["latency_p50_ms"], r[other]["latency_p50_ms"]
         return f"{a:.3f} -> {b:.3f} ms ({a / b:.2f}x speed-up)"
 
+    best = max(
+        r[AS_BUILT_DENSE]["latency_p50_ms"] / r[AS_BUILT_SPARSE]["latency_p50_ms"],
+        r[TWIN_DENSE]["latency_p50_ms"] / r[TWIN_SPARSE]["latency_p50_ms"],
+    )
+    verdict = (
+        f"Verdict on this host: the pruned float32 model is not measurably faster (best {best:.2f}x, "
+        "within run-to-run noise); either XNNPACK did not take its sparse path here or it gains "
+        "nothing on this x86 CPU. Pruning buys size here, not float32 speed."
+        if best < 1.1
+        else f"Verdict on this host: sparse inference gives up to {best:.2f}x."
+    )
+
     return (
         "No Python switch turns XNNPACK's sparse path on, and none is needed: the TFLite XNNPACK "
         "delegate passes XNN_FLAG_HINT_SPARSE_INFERENCE to XNNPACK by itself when the model holds "
@@ -409,7 +421,7 @@ def sparse_finding(sp: dict) -> str:
         f"{speed(TWIN_DENSE, TWIN_PRUNED)}. Sparse encoding also shrinks the float32 file "
         f"({r[AS_BUILT_DENSE]['tflite_bytes']:,} -> {r[AS_BUILT_SPARSE]['tflite_bytes']:,} B). "
         "For int8 the converter's sparse encoding breaks XNNPACK (see the 80% row's notes), so the "
-        "int8 rows use dense weights and rely on gzip for the zeros."
+        "int8 rows use dense weights and rely on gzip for the zeros. " + verdict
     )
 
 
