@@ -23,3 +23,19 @@ def tiny_knobs(name: str) -> dict:
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(0)
+
+
+def tiny_model(K=None):
+    """A ~3.4k-parameter classifier for 16x16 grayscale digits (conv, depthwise, 1x1, dense)."""
+    from mobilecv._tf import get_keras
+
+    K = K or get_keras("tf_keras")
+    i = K.Input((16, 16, 1))
+    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(i)
+    x = K.layers.MaxPooling2D()(x)
+    x = K.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = K.layers.Conv2D(16, 1, activation="relu", name="pw")(x)
+    x = K.layers.MaxPooling2D()(x)
+    x = K.layers.Flatten()(x)
+    x = K.layers.Dense(10, name="head")(x)
+    return K.Model(i, x)

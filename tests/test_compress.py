@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from mobilecv._tf import get_keras, silenced_stderr, tf
 from mobilecv.compress import cluster as C
@@ -22,19 +23,6 @@ def splits():
     if "splits" not in _CACHE:
         _CACHE["splits"] = load_splits("digits", limit=320)
     return _CACHE["splits"]
-
-
-def tiny_model():
-    K = get_keras("tf_keras")
-    i = K.Input((16, 16, 1))
-    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(i)
-    x = K.layers.MaxPooling2D()(x)
-    x = K.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
-    x = K.layers.Conv2D(16, 1, activation="relu", name="pw")(x)
-    x = K.layers.MaxPooling2D()(x)
-    x = K.layers.Flatten()(x)
-    x = K.layers.Dense(10, name="head")(x)
-    return K.Model(i, x)
 
 
 def trained():

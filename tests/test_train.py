@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from mobilecv._tf import get_keras
 from mobilecv.errors import InputError
@@ -17,19 +18,6 @@ def _splits():
     if SPLITS is None:
         SPLITS = load_splits("digits", limit=600)
     return SPLITS
-
-
-def tiny_model(K=None):
-    K = K or get_keras("tf_keras")
-    i = K.Input((16, 16, 1))
-    x = K.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(i)
-    x = K.layers.MaxPooling2D()(x)
-    x = K.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
-    x = K.layers.Conv2D(16, 1, activation="relu", name="pw")(x)
-    x = K.layers.MaxPooling2D()(x)
-    x = K.layers.Flatten()(x)
-    x = K.layers.Dense(10, name="head")(x)
-    return K.Model(i, x)
 
 
 def test_train_learns_and_reports_held_out_accuracy():
