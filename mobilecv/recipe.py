@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from converters.tflite import Quantize as QuantMode
-from mobilecv.compress.prune import PrunePolicy
+from mobilecv.compress.prune import Allocation, PrunePolicy
 from mobilecv.errors import InputError
 from mobilecv.train import Optimizer, Schedule
 
@@ -69,6 +69,7 @@ class CompressSpec:
     prune: float | None = None
     prune_2by4: bool = False
     prune_policy: PrunePolicy = PrunePolicy.ALL
+    prune_allocation: Allocation = Allocation.UNIFORM
     cluster: int | None = None
     qat: bool = False
     epochs: int = 1

@@ -272,6 +272,7 @@ def run(
                 prune=c.prune,
                 prune_2by4=c.prune_2by4,
                 prune_policy=c.prune_policy.value,
+                prune_allocation=c.prune_allocation.value,
                 cluster=c.cluster,
                 qat=c.qat,
                 epochs=c.epochs,

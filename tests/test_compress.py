@@ -105,6 +105,32 @@ def test_short_run_reaches_target_sparsity_where_tfmot_default_frequency_does_no
     assert max(P.measured_sparsity(P.strip(wrapped)).values()) < 0.05
 
 
+def test_erk_allocation_meets_the_target_overall_with_large_layers_sparser():
+    shapes = {"stem": (3, 3, 1, 16), "pw": (1, 1, 160, 1280), "fc": (1280, 10)}
+    targets = P.erk_sparsities(shapes, 0.8)
+    sizes = {n: np.prod(s) for n, s in shapes.items()}
+    overall = sum(targets[n] * sizes[n] for n in shapes) / sum(sizes.values())
+    assert abs(overall - 0.8) < 1e-9
+    assert targets["stem"] == 0.0 and targets["fc"] == 0.0  # density would exceed 1: dense
+    assert targets["pw"] > 0.8
+    assert P.erk_sparsities({"stem": (3, 3, 1, 16)}, 0.99)["stem"] == pytest.approx(0.99)
+
+    model = trained()
+    wrapped, info = P.prune(model, 0.5, epochs=2, steps_per_epoch=STEPS, allocation="erk")
+    assert info.allocation == "erk" and set(info.layer_targets) == {"stem", "pw", "head"}
+    assert info.layer_targets["head"] > 0.5 > info.layer_targets["stem"]
+    _fine_tune(wrapped, 2, P.callbacks())
+    stripped = P.strip(wrapped)
+    assert abs(P.overall(stripped, info.layers) - 0.5) < 0.01
+    measured = P.measured_sparsity(stripped, info.layers)
+    for name, target in info.layer_targets.items():
+        assert abs(measured[name] - target) < 0.02, (name, measured[name], target)
+    with pytest.raises(InputError, match="allocation"):
+        P.prune(model, 0.5, epochs=2, steps_per_epoch=STEPS, allocation="global")
+    with pytest.raises(InputError, match="no allocation"):
+        P.prune(model, epochs=2, steps_per_epoch=STEPS, m_by_n=(2, 4), allocation="erk")
+
+
 def test_2by4_every_group_of_four_has_two_zeros():
     wrapped, info = P.prune(trained(), epochs=2, steps_per_epoch=STEPS, m_by_n=(2, 4))
     assert info.layers == ["pw", "head"]
@@ -293,6 +319,35 @@ def test_pipeline_2by4_then_pqat_cluster_then_cqat_and_arguments():
         compress(trained(), splits())
     with pytest.raises(InputError, match="either"):
         compress(trained(), splits(), prune=0.5, prune_2by4=True)
+
+
+def test_pipeline_hands_schedule_and_augmentation_to_every_stage(monkeypatch):
+    """Long prune fine-tunes need a decaying rate; each stage's fit() must receive it."""
+    import mobilecv.compress.pipeline as pipeline
+    from mobilecv.data.augment import Mirror
+
+    seen = []
+
+    def recording_fit(model, splits, epochs, **kwargs):
+        seen.append((kwargs["schedule"], kwargs["augment"]))
+        return fit(model, splits, epochs, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", recording_fit)
+    mirror = Mirror()
+    compress(
+        trained(),
+        splits(),
+        prune=0.5,
+        cluster=4,
+        epochs=1,
+        learning_rate=1e-3,
+        schedule="cosine",
+        augment=mirror,
+        progress=False,
+    )
+    assert seen == [("cosine", mirror), ("cosine", mirror)]
+    with pytest.raises(InputError, match="unknown schedule 'linear'"):
+        compress(trained(), splits(), prune=0.5, schedule="linear")
 
 
 @pytest.mark.slow

@@ -42,6 +42,8 @@ def test_defaults_then_recipe_then_overrides(tmp_path):
     assert r.train.batch_size == recipe.TrainSpec().batch_size  # default kept
     assert [d.name for d in r.devices] == ["rpi4"]
     assert recipe.load(path, ["devices.0.max_latency_ms=5"]).devices[0].max_latency_ms == 5.0
+    erk = recipe.load(path, ["compress.prune=0.8", "compress.prune_allocation=erk"]).compress
+    assert erk.prune == 0.8 and erk.prune_allocation == "erk"
 
 
 @pytest.mark.parametrize(
@@ -59,6 +61,10 @@ def test_defaults_then_recipe_then_overrides(tmp_path):
         (
             "convert:\n  modes: [int4]\n",
             "convert.modes[0]: 'int4' is not allowed; allowed: none, dynamic",
+        ),
+        (
+            "compress:\n  prune_allocation: global\n",
+            "compress.prune_allocation: 'global' is not allowed; allowed: uniform, erk",
         ),
         ("devices: host\n", "devices: expected a list"),
         ("- a\n- b\n", "top level must be a mapping"),

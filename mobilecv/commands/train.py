@@ -32,6 +32,15 @@ def _load_or_build(spec: str, data: str, resolution: int | None, width: float | 
     )
 
 
+def _augmentation(names: str | None, data: str, limit: int | None):
+    """The --augment chain; "pca" fits its colour statistics on the train split."""
+    from mobilecv.data import load_arrays
+    from mobilecv.data.augment import from_names
+
+    images = load_arrays(data, "train", limit=limit).x if names and "pca" in names else None
+    return from_names(names, images)
+
+
 def _freeze(value: str | None):
     if value is None:
         return None
@@ -61,6 +70,13 @@ def _freeze(value: str | None):
     default=1e-3,
     show_default=True,
     help="Adam learning rate.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="Learning-rate schedule: cosine decays to 1% of --lr over the run.",
 )
 @click.option("--freeze", default=None, help="Freeze the first N layers, or 'all-but-head'.")
 @click.option(
@@ -100,6 +116,7 @@ def train_command(
     epochs,
     batch_size,
     lr,
+    schedule,
     freeze,
     cache_features,
     augment,
@@ -116,16 +133,12 @@ def train_command(
     Writes DIR/model.keras and DIR/report.json.
     """
     from mobilecv.compress.pipeline import output_paths, save_outputs
-    from mobilecv.data import load_arrays
-    from mobilecv.data.augment import from_names
     from mobilecv.train import train
 
     output_paths(out_dir, qat=False, force=force)
 
     keras_model = _load_or_build(model, data, resolution, width)
-    chain = from_names(
-        augment, load_arrays(data, "train", limit=limit).x if augment and "pca" in augment else None
-    )
+    chain = _augmentation(augment, data, limit)
     cache_dir = Path(out_dir) / "features" if cache_features else None
     keras_model, report = train(
         keras_model,
@@ -133,6 +146,7 @@ def train_command(
         epochs,
         batch_size=batch_size,
         learning_rate=lr,
+        schedule=schedule,
         freeze=_freeze(freeze),
         cache_features=cache_features,
         cache_dir=cache_dir,
@@ -182,6 +196,13 @@ def train_command(
     help="'1x1' prunes only 1x1 convs (XNNPACK's sparse path).",
 )
 @click.option(
+    "--prune-allocation",
+    type=click.Choice(["uniform", "erk"]),
+    default="uniform",
+    show_default=True,
+    help="Spread --prune over layers: 'uniform' (tfmot's way) or 'erk' (large layers sparser).",
+)
+@click.option(
     "--cluster",
     type=click.IntRange(min=2),
     default=None,
@@ -210,6 +231,14 @@ def train_command(
     help="Fine-tuning learning rate.",
 )
 @click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="Learning-rate schedule: cosine decays to 1% of --lr over the run.",
+)
+@click.option("--augment", default=None, help="Comma list of mirror,crop,rotate,color,pca.")
+@click.option(
     "--limit",
     type=click.IntRange(min=1),
     default=None,
@@ -225,11 +254,14 @@ def compress_command(
     prune,
     prune_2by4,
     prune_policy,
+    prune_allocation,
     cluster,
     qat,
     epochs,
     batch_size,
     lr,
+    schedule,
+    augment,
     limit,
     out_dir,
     force,
@@ -243,6 +275,7 @@ def compress_command(
     from mobilecv.compress.pipeline import compress, output_paths, save_outputs
 
     output_paths(out_dir, qat=qat, force=force)
+    chain = _augmentation(augment, data, limit)
     keras_model = _load_or_build(model, data, None, None)
     keras_model, report = compress(
         keras_model,
@@ -250,11 +283,14 @@ def compress_command(
         prune=prune,
         prune_2by4=prune_2by4,
         prune_policy=prune_policy,
+        prune_allocation=prune_allocation,
         cluster=cluster,
         qat=qat,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=lr,
+        schedule=schedule,
+        augment=chain,
         limit=limit,
     )
     payload = report.to_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from mobilecv.compress._common import (
     unique_per_channel,
 )
 from mobilecv.errors import InputError
-from mobilecv.train import Splits, evaluate, fit, load_splits, steps_per_epoch
+from mobilecv.train import Schedule, Splits, evaluate, fit, load_splits, steps_per_epoch
 
 # Weights measured for the report: every conv/dense kernel a technique may touch.
 MEASURED = {"Conv2D": ("kernel",), "Dense": ("kernel",)}
@@ -89,6 +90,7 @@ def compress(
     prune: float | None = None,
     prune_2by4: bool = False,
     prune_policy: str = "all",
+    prune_allocation: str = "uniform",
     cluster: int | None = None,
     qat: bool = False,
     epochs: int = 2,
@@ -96,8 +98,13 @@ def compress(
     learning_rate: float = 1e-4,
     limit: int | None = None,
     progress: bool = True,
+    schedule: str | Schedule = Schedule.CONSTANT,
+    augment: Callable | None = None,
 ):
     """Chain the requested techniques. Returns (model, CompressReport).
+
+    Every stage fine-tunes for `epochs` with `learning_rate`, decayed per stage when
+    `schedule` is cosine, on train images passed through `augment`.
 
     The returned model is stripped of pruning/clustering wrappers; after QAT it is the
     fake-quantised model, which the TFLite converter turns into an int8 model.
@@ -109,6 +116,11 @@ def compress(
         raise InputError("nothing to do: pass at least one of prune, prune_2by4, cluster, qat")
     if epochs < 1:
         raise InputError(f"epochs must be at least 1, got {epochs}")
+    try:
+        schedule = Schedule(schedule)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Schedule)
+        raise InputError(f"unknown schedule {schedule!r}; allowed: {allowed}") from None
     splits = load_splits(data, limit=limit)
     report = CompressReport(
         dataset=splits.train.name,
@@ -118,6 +130,7 @@ def compress(
         batch_size=batch_size,
     )
     report.stages.append(measure(model, splits, "baseline", 0.0, batch_size))
+    tuning = {"progress": progress, "schedule": schedule, "augment": augment}
     pruned = clustered = False
 
     if prune is not None or prune_2by4:
@@ -129,6 +142,7 @@ def compress(
             steps_per_epoch=steps_per_epoch(len(splits.train), batch_size),
             m_by_n=(2, 4) if prune_2by4 else None,
             policy=prune_policy,
+            allocation=prune_allocation,
         )
         fit(
             wrapped,
@@ -137,7 +151,7 @@ def compress(
             batch_size=batch_size,
             learning_rate=learning_rate,
             callbacks=prune_mod.callbacks(),
-            progress=progress,
+            **tuning,
         )
         model = prune_mod.strip(wrapped)
         per_layer = prune_mod.measured_sparsity(model, info.layers)
@@ -161,7 +175,7 @@ def compress(
             epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
-            progress=progress,
+            **tuning,
         )
         model = cluster_mod.strip(wrapped)
         details = {
@@ -192,7 +206,7 @@ def compress(
             epochs,
             batch_size=batch_size,
             learning_rate=learning_rate,
-            progress=progress,
+            **tuning,
         )
         report.qat_scheme = scheme.value
         report.stages.append(

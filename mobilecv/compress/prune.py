@@ -1,5 +1,11 @@
 """Magnitude pruning (Zhu & Gupta, 2017) with tfmot: polynomial schedule, 2:4, 1x1-only.
 
+The target sparsity is spread over layers either uniformly (tfmot's way: every pruned
+layer at the target) or by Erdos-Renyi-Kernel (Evci et al., "Rigging the Lottery",
+2020): layer l keeps a density proportional to sum(shape) / prod(shape), so large 1x1
+convs give up more weights than a stem conv of a few hundred, and the pruned weights
+as a whole still reach exactly the target.
+
 tfmot's PolynomialDecay defaults to frequency=100: a fine-tune shorter than ~100
 steps never reaches its target (the mask only updates at step 0, at sparsity 0).
 `derive_schedule` sizes begin/end/frequency from epochs x steps per epoch so the
@@ -39,6 +45,11 @@ SUPPORTED_LAYERS: dict[str, tuple[str, ...]] = {
 M_BY_N_LAYERS = ("Conv2D", "Dense")
 
 
+class Allocation(enum.StrEnum):
+    UNIFORM = "uniform"  # every pruned layer at the target sparsity
+    ERK = "erk"  # Erdos-Renyi-Kernel: density ~ sum(shape) / prod(shape)
+
+
 class PrunePolicy(enum.StrEnum):
     ALL = "all"  # every supported layer
     ONE_BY_ONE = "1x1"  # XNNPACK's sparse path accelerates only 1x1 convolutions
@@ -57,7 +68,9 @@ class PruneInfo:
     m_by_n: tuple[int, int] | None
     policy: str
     schedule: Schedule
+    allocation: str = Allocation.UNIFORM.value
     layers: list[str] = field(default_factory=list)
+    layer_targets: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -75,6 +88,36 @@ def derive_schedule(epochs: int, steps_per_epoch: int, end_fraction: float = 0.7
     end = (int(total * end_fraction) // frequency) * frequency
     end = min(max(end, frequency), total - 1)
     return Schedule(begin_step=0, end_step=end, frequency=frequency)
+
+
+def erk_sparsities(shapes: dict[str, tuple[int, ...]], target: float) -> dict[str, float]:
+    """Per-layer sparsity whose weighted mean over `shapes` is `target` (ERK allocation).
+
+    Density of layer l is eps * sum(shape_l) / prod(shape_l); eps is solved so the
+    zeros add up to target * total. A layer whose density would exceed 1 is kept
+    dense and eps is solved again over the rest.
+    """
+    if not 0.0 < target < 1.0:
+        raise InputError(f"prune sparsity must be in (0, 1), got {target}")
+    size = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    raw = {name: sum(shape) / size[name] for name, shape in shapes.items()}
+    total = sum(size.values())
+    dense: set[str] = set()
+    while True:
+        free = [n for n in shapes if n not in dense]
+        # Zeros needed = target * total; a free layer keeps eps * raw * size weights.
+        eps = (
+            (sum(size[n] for n in free) - target * total) / sum(raw[n] * size[n] for n in free)
+            if free
+            else 0.0
+        )
+        if eps <= 0.0:
+            raise InputError(f"sparsity {target} cannot be reached with ERK over these layers")
+        over = [n for n in free if eps * raw[n] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return {n: 0.0 if n in dense else float(1.0 - eps * raw[n]) for n in shapes}
 
 
 def _selected(layer, policy: PrunePolicy, m_by_n) -> str | None:
@@ -107,6 +150,7 @@ def prune(
     steps_per_epoch: int,
     m_by_n: tuple[int, int] | None = None,
     policy: str | PrunePolicy = PrunePolicy.ALL,
+    allocation: str | Allocation = Allocation.UNIFORM,
     frequency: int | None = None,
 ):
     """Wrap the selected layers for magnitude pruning. Returns (wrapped_model, PruneInfo).
@@ -123,6 +167,15 @@ def prune(
         raise InputError(
             f"prune policy must be one of {', '.join(p.value for p in PrunePolicy)}, got {policy!r}"
         ) from None
+    try:
+        allocation = Allocation(allocation)
+    except ValueError:
+        raise InputError(
+            f"prune allocation must be one of {', '.join(a.value for a in Allocation)}, "
+            f"got {allocation!r}"
+        ) from None
+    if m_by_n is not None and allocation is not Allocation.UNIFORM:
+        raise InputError("2:4 sparsity is the same in every layer; it takes no allocation")
     if m_by_n is None:
         if sparsity is None or not 0.0 < float(sparsity) < 1.0:
             raise InputError(f"prune sparsity must be in (0, 1), got {sparsity}")
@@ -133,40 +186,55 @@ def prune(
     if frequency is not None:
         schedule = Schedule(schedule.begin_step, schedule.end_step, int(frequency))
     sched = tfmot.sparsity.keras
-    if m_by_n is not None:
-        target = m_by_n[0] / m_by_n[1]
-        pruning_schedule = sched.ConstantSparsity(
-            target,
-            begin_step=schedule.begin_step,
-            end_step=schedule.end_step,
-            frequency=schedule.frequency,
-        )
-    else:
-        target = float(sparsity)
-        pruning_schedule = sched.PolynomialDecay(
-            initial_sparsity=0.0,
-            final_sparsity=target,
-            begin_step=schedule.begin_step,
-            end_step=schedule.end_step,
-            frequency=schedule.frequency,
-        )
+    target = m_by_n[0] / m_by_n[1] if m_by_n is not None else float(sparsity)
     info = PruneInfo(
         sparsity=target,
         m_by_n=tuple(m_by_n) if m_by_n else None,
         policy=policy.value,
         schedule=schedule,
+        allocation=allocation.value,
     )
+    chosen = {}
+    for layer in model.layers:
+        reason = _selected(unwrap(layer), policy, m_by_n)
+        if reason is None:
+            chosen[layer.name] = tuple(int(d) for d in unwrap(layer).kernel.shape)
+        elif type(unwrap(layer)).__name__ in SUPPORTED_LAYERS:
+            info.skipped[layer.name] = reason
+    if allocation is Allocation.ERK:
+        targets = erk_sparsities(chosen, target) if chosen else {}
+    else:
+        targets = dict.fromkeys(chosen, target)
+    for name, layer_target in targets.items():
+        if layer_target <= 0.0:
+            info.skipped[name] = "ERK keeps it dense (too few weights to prune)"
+    info.layer_targets = {n: round(t, 4) for n, t in targets.items() if t > 0.0}
+
+    def schedule_for(layer_target: float):
+        if m_by_n is not None:
+            return sched.ConstantSparsity(
+                layer_target,
+                begin_step=schedule.begin_step,
+                end_step=schedule.end_step,
+                frequency=schedule.frequency,
+            )
+        return sched.PolynomialDecay(
+            initial_sparsity=0.0,
+            final_sparsity=layer_target,
+            begin_step=schedule.begin_step,
+            end_step=schedule.end_step,
+            frequency=schedule.frequency,
+        )
 
     def wrap(layer):
-        reason = _selected(layer, policy, m_by_n)
-        if reason is not None:
-            if type(layer).__name__ in SUPPORTED_LAYERS:
-                info.skipped[layer.name] = reason
-            return copy_layer(layer)
+        fresh = copy_layer(layer)
+        if layer.name not in info.layer_targets:
+            return fresh
         info.layers.append(layer.name)
         kwargs = {"sparsity_m_by_n": tuple(m_by_n)} if m_by_n else {}
-        fresh = copy_layer(layer)
-        return sched.prune_low_magnitude(fresh, pruning_schedule=pruning_schedule, **kwargs)
+        return sched.prune_low_magnitude(
+            fresh, pruning_schedule=schedule_for(info.layer_targets[layer.name]), **kwargs
+        )
 
     wrapped = clone(model, wrap)
     if not info.layers:
