@@ -106,6 +106,41 @@ def test_int16x8_with_int16_io(trained):
     assert result.verification.max_abs_error < 0.05
 
 
+def test_per_tensor_int8_has_one_weight_scale_per_tensor_and_is_smaller(trained, tmp_path):
+    per_channel = convert(trained, "int8", calibration="digits", samples=64, verify_samples=48)
+    per_tensor = convert(
+        trained, "int8", calibration="digits", samples=64, verify_samples=48, per_channel=False
+    )
+    assert per_channel.per_channel and not per_tensor.per_channel
+    assert per_tensor.to_dict()["per_channel"] is False
+
+    def weight_scales(result):
+        graph = read_tflite(result.tflite)
+        return [
+            len(t.quant.scale)
+            for t in graph.tensors
+            if t.is_constant and t.dtype == "INT8" and len(t.shape) == 4
+        ]
+
+    assert max(weight_scales(per_channel)) > 1  # the default really is per channel
+    assert set(weight_scales(per_tensor)) == {1}
+    assert per_tensor.size < per_channel.size
+    assert per_tensor.verification.top1_agreement >= 0.9, per_tensor.verification
+    for mode in ("none", "dynamic", "float16"):
+        with pytest.raises(InputError, match="per-tensor weights apply to post-training"):
+            convert(trained, mode, per_channel=False)
+    src = tmp_path / "model.h5"
+    trained.save(src)
+    args = [str(src), "-o", str(tmp_path / "pt.tflite"), "--per-tensor", "--json"]
+    res = CliRunner().invoke(
+        convert_cmd, [*args, "--quantize", "int8", "--calibration", "digits", "--samples", "32"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["per_channel"] is False
+    res = CliRunner().invoke(convert_cmd, [*args, "--quantize", "float16", "--force"])
+    assert res.exit_code == 2 and "per-tensor" in res.output
+
+
 def test_calibration_from_npy_and_holdout_is_distinct(tmp_path, trained):
     x, _ = digits_xy(100)
     np.save(tmp_path / "calib.npy", (x[..., 0] * 255).astype(np.uint8))  # uint8, no channel axis

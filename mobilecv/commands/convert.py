@@ -59,6 +59,11 @@ _MODES = ["none", "dynamic", "float16", "int8", "int16x8"]
     help="Force or forbid sparse weight encoding (default: when >= 50% of weights are zero).",
 )
 @click.option(
+    "--per-tensor",
+    is_flag=True,
+    help="int8/int16x8: one weight scale per tensor instead of per channel (smaller, esp. gzipped).",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["tflite", "c"]),
@@ -79,6 +84,7 @@ def convert(
     verify_samples,
     no_verify,
     sparse,
+    per_tensor,
     fmt,
     force,
     as_json,
@@ -103,6 +109,7 @@ def convert(
         verify=not no_verify,
         verify_samples=verify_samples,
         sparse=sparse,
+        per_channel=not per_tensor,
     )
     if fmt == "c" and result.sparse:
         result.notes.append(
@@ -116,7 +123,8 @@ def convert(
     click.echo(f"{model} -> {', '.join(summary['outputs'])}")
     click.echo(
         f"mode {result.mode.value} (io {result.io.value}), {result.size} bytes, "
-        f"{result.keras}{', QAT' if result.qat else ''}{', sparse-encoded' if result.sparse else ''}, "
+        f"{result.keras}{', QAT' if result.qat else ''}{', sparse-encoded' if result.sparse else ''}"
+        f"{'' if result.per_channel else ', per-tensor weights'}, "
         f"{result.seconds:.1f} s"
     )
     v = result.verification
