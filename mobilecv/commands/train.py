@@ -10,6 +10,27 @@ import click
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
 from mobilecv.errors import InputError
 
+# Options train and compress share.
+schedule_option = click.option(
+    "--schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="Learning-rate schedule: cosine decays to 1% of --lr over the run.",
+)
+augment_option = click.option(
+    "--augment", default=None, help="Comma list of mirror,crop,rotate,color,pca."
+)
+limit_option = click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use only the first N training images (quick runs).",
+)
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size."
+)
+
 
 def _load_or_build(spec: str, data: str, resolution: int | None, width: float | None):
     """A Keras model file, or a registered model name built for the dataset's classes and channels."""
@@ -61,9 +82,7 @@ def _freeze(value: str | None):
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Training epochs."
 )
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size."
-)
+@batch_size_option
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -71,26 +90,15 @@ def _freeze(value: str | None):
     show_default=True,
     help="Adam learning rate.",
 )
-@click.option(
-    "--schedule",
-    type=click.Choice(["constant", "cosine"]),
-    default="constant",
-    show_default=True,
-    help="Learning-rate schedule: cosine decays to 1% of --lr over the run.",
-)
+@schedule_option
 @click.option("--freeze", default=None, help="Freeze the first N layers, or 'all-but-head'.")
 @click.option(
     "--cache-features",
     is_flag=True,
     help="Run the frozen trunk once, save its activations (.npy) and train only the head.",
 )
-@click.option("--augment", default=None, help="Comma list of mirror,crop,rotate,color,pca.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Use only the first N training images (quick runs).",
-)
+@augment_option
+@limit_option
 @click.option(
     "--resolution",
     type=click.IntRange(min=8),
@@ -220,9 +228,7 @@ def train_command(
     show_default=True,
     help="Fine-tuning epochs per stage.",
 )
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size."
-)
+@batch_size_option
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -230,20 +236,9 @@ def train_command(
     show_default=True,
     help="Fine-tuning learning rate.",
 )
-@click.option(
-    "--schedule",
-    type=click.Choice(["constant", "cosine"]),
-    default="constant",
-    show_default=True,
-    help="Learning-rate schedule: cosine decays to 1% of --lr over the run.",
-)
-@click.option("--augment", default=None, help="Comma list of mirror,crop,rotate,color,pca.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Use only the first N training images (quick runs).",
-)
+@schedule_option
+@augment_option
+@limit_option
 @out_dir_option("Output directory.")
 @force_option("existing outputs")
 @json_option("the report")
