@@ -103,7 +103,7 @@ def parse_args(argv):
         "--prune-epochs", type=int, help="epochs per pruning fine-tune (default 10, quick 1)"
     )
     p.add_argument(
-        "--train-limit", type=int, help="training images (default all 54,000; quick 6,000)"
+        "--train-limit", type=int, help="training images (default all 54,000; quick 4,000)"
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3, help="peak float learning rate (cosine decay)")
@@ -147,7 +147,7 @@ def parse_args(argv):
     if args.calibration_samples is None:
         args.calibration_samples = 200 if args.quick else 500
     if args.train_limit is None and args.quick:
-        args.train_limit = 6000
+        args.train_limit = 4000
     for name in (
         "epochs",
         "finetune_epochs",
