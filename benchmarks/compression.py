@@ -12,7 +12,7 @@ fine-tunes on the train split only. Pruning gets its own, longer fine-tune with 
 cosine-decayed rate: the mask grows over the first 75% of it and the weights recover
 in the rest. The per-tensor row is the same 80%-pruned model converted with one weight
 scale per tensor: per-channel int8 stores two float32 scales and two int64 zero points
-per output channel, which on this model is about a quarter of the gzipped file (the
+per output channel, which on this model is about a fifth of the gzipped file (the
 run prints the breakdown). Columns: top-1 on the test set, .tflite bytes, gzip -9
 bytes, 1-thread LiteRT latency (p50, measured in a child process by
 `mobilecv.bench.run`) and the drop vs float32 in points. The issue's targets are
@@ -86,8 +86,14 @@ ROWS = [
 ]
 PRUNED80_ROWS = ("80% pruned + int8", "80% pruned + int8 per-tensor")
 QUICK_VAL = 2000  # held-out images per evaluation in --quick runs (full runs: all 6,000)
-AUGMENT = "mirror,crop"  # horizontal flip, and 2-px reflect-pad random crop
-CROP_PADDING = 2
+CROP_PADDING = 2  # reflect-pad random crop; the float model and the pruning fine-tunes
+AUGMENT_LABEL = f"mirror, {CROP_PADDING}-px random crop"
+# Weight input (position 1) of each op, as gzip_breakdown groups it.
+WEIGHT_PARTS = {
+    "CONV_2D": "kernels",
+    "FULLY_CONNECTED": "kernels",
+    "DEPTHWISE_CONV_2D": "depthwise",
+}
 
 
 def parse_args(argv):
@@ -218,17 +224,21 @@ def conversion_summary(result) -> dict:
     return {k: d[k] for k in keys}
 
 
-def sparse_encoded(model, args, convert_kwargs) -> dict:
-    """The same conversion with the converter's sparse (DENSIFY) weight encoding."""
+def convert_row(model, args, convert_kwargs: dict, sparse: bool):
     from converters.tflite import convert
 
-    res = convert(
+    return convert(
         model,
         calibration="fashion_mnist",
         samples=args.calibration_samples,
-        sparse=True,
+        sparse=sparse,
         **convert_kwargs,
     )
+
+
+def sparse_encoded(model, args, convert_kwargs) -> dict:
+    """The same conversion with the converter's sparse (DENSIFY) weight encoding."""
+    res = convert_row(model, args, convert_kwargs, sparse=True)
     return {
         "sparse": res.sparse,  # False when LiteRT refused it and the converter fell back
         "tflite_bytes": res.size,
@@ -239,7 +249,7 @@ def sparse_encoded(model, args, convert_kwargs) -> dict:
 
 
 def gzip_breakdown(data: bytes) -> dict:
-    """gzip -9 bytes of each part of an int8 file, each part compressed on its own.
+    """gzip -9 bytes of each part of a dense-encoded int8 file, each compressed on its own.
 
     kernels: conv/dense weights (what pruning zeroes); depthwise: depthwise kernels
     (tfmot leaves them dense); biases; quant_params: every scale and zero point. Also
@@ -248,17 +258,14 @@ def gzip_breakdown(data: bytes) -> dict:
     from mobilecv import tflite_graph
 
     graph = tflite_graph.load(data)
-    densified = {op.outputs[0]: op.inputs[0] for op in graph.ops if op.opcode == "DENSIFY"}
     parts: dict[str, list[bytes]] = {"kernels": [], "depthwise": [], "biases": []}
     for op in graph.ops:
-        inputs = [graph.tensors[densified.get(i, i)] if i >= 0 else None for i in op.inputs]
-        weights = {"CONV_2D": "kernels", "FULLY_CONNECTED": "kernels"}.get(op.opcode)
-        weights = "depthwise" if op.opcode == "DEPTHWISE_CONV_2D" else weights
+        weights = WEIGHT_PARTS.get(op.opcode)
         if weights is None:
             continue
         for position, part in ((1, weights), (2, "biases")):
-            if len(inputs) > position and inputs[position] is not None:
-                stored = graph.data(inputs[position])
+            if len(op.inputs) > position and op.inputs[position] >= 0:
+                stored = graph.data(graph.tensors[op.inputs[position]])
                 if stored is not None:
                     parts[part].append(bytes(stored))
     quant = b"".join(
@@ -346,7 +353,7 @@ def finetune_settings(args, key: str) -> dict:
             "epochs": args.prune_epochs,
             "learning_rate": args.prune_lr,
             "schedule": "cosine",
-            "augment": AUGMENT,
+            "augment": augmentation(),
         }
         if key != "prune2by4":  # 2:4 is the same pattern in every layer
             settings["prune_allocation"] = args.prune_allocation
@@ -366,13 +373,14 @@ def finetune(args, splits, weights, key: str):
         splits,
         batch_size=args.batch_size,
         **kwargs,
-        **{**settings, "augment": augmentation() if "augment" in settings else None},
+        **settings,
     )
     seconds = time.perf_counter() - start
     last = report.stages[-1]
     return model, {
-        "technique": {k: v for k, v in kwargs.items()},
+        "technique": dict(kwargs),
         **settings,
+        "augment": AUGMENT_LABEL if "augment" in settings else None,
         "seconds": round(seconds, 1),
         "val_accuracy_before": report.stages[0].val_accuracy,
         "val_accuracy_after": last.val_accuracy,
@@ -563,7 +571,7 @@ def markdown(result: dict) -> str:
         f"MobileNetV2 width {MODEL['width']}, {MODEL['resolution']} px, {MODEL['input_channels']} "
         f"input channel, {t['params']:,} parameters. Trained {t['epochs']} epochs on "
         f"{t['train_samples']:,} Fashion-MNIST train images (batch {cfg['batch_size']}, Adam, cosine "
-        f"decay from {cfg['lr']:g}, mirror + {CROP_PADDING}-px random-crop augmentation) in "
+        f"decay from {cfg['lr']:g}, {AUGMENT_LABEL} augmentation) in "
         f"{t['seconds'] / 60:.1f} min ({t['seconds'] / t['epochs']:.0f} s/epoch); held-out "
         f"validation top-1 {100 * t['val_accuracy']:.2f}% on {t['val_samples']:,} images carved "
         f"from train. QAT and clustering fine-tune the trained float model for "
@@ -697,7 +705,6 @@ def main(argv=None) -> int:
         return finish(result, args)
     from tqdm import tqdm
 
-    from converters.tflite import convert
     from mobilecv._tf import tf
     from mobilecv.data.datasets import Split, load_arrays
     from mobilecv.train import evaluate, load_splits
@@ -745,13 +752,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             # Dense weights in every row, so each gzip figure measures the same encoding;
             # the 80% rows also record the converter's sparse encoding below.
-            res = convert(
-                source,
-                calibration="fashion_mnist",
-                samples=args.calibration_samples,
-                sparse=False,
-                **convert_kwargs,
-            )
+            res = convert_row(source, args, convert_kwargs, sparse=False)
             row = {
                 "name": name,
                 "top1": tflite_top1(res.tflite, x_test, test.y, name),

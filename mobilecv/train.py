@@ -23,7 +23,7 @@ import numpy as np
 
 from mobilecv._tf import get_keras, is_keras3_model, tf
 from mobilecv.data import ArrayData, Split, load_arrays, to_dataset
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, parse_choice
 
 HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
@@ -271,7 +271,8 @@ def fit(
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     steps = steps_per_epoch(len(splits.train), batch_size)
     if compile_model:
-        decay = epochs * steps if Schedule(schedule) is Schedule.COSINE else None
+        cosine = parse_choice(Schedule, schedule, "schedule") is Schedule.COSINE
+        decay = epochs * steps if cosine else None
         compile_for_classification(model, learning_rate, optimizer, decay)
     train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
     bar = TqdmProgress(K, epochs, steps, enabled=progress, summary=False)

@@ -346,7 +346,7 @@ def test_pipeline_hands_schedule_and_augmentation_to_every_stage(monkeypatch):
         progress=False,
     )
     assert seen == [("cosine", mirror), ("cosine", mirror)]
-    with pytest.raises(InputError, match="unknown schedule 'linear'"):
+    with pytest.raises(InputError, match="schedule must be one of constant, cosine; got 'linear'"):
         compress(trained(), splits(), prune=0.5, schedule="linear")
 
 

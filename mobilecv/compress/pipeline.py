@@ -26,7 +26,7 @@ from mobilecv.compress._common import (
     unique_counts,
     unique_per_channel,
 )
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, parse_choice
 from mobilecv.train import Schedule, Splits, evaluate, fit, load_splits, steps_per_epoch
 
 # Weights measured for the report: every conv/dense kernel a technique may touch.
@@ -116,11 +116,7 @@ def compress(
         raise InputError("nothing to do: pass at least one of prune, prune_2by4, cluster, qat")
     if epochs < 1:
         raise InputError(f"epochs must be at least 1, got {epochs}")
-    try:
-        schedule = Schedule(schedule)
-    except ValueError:
-        allowed = ", ".join(s.value for s in Schedule)
-        raise InputError(f"unknown schedule {schedule!r}; allowed: {allowed}") from None
+    schedule = parse_choice(Schedule, schedule, "schedule")  # before any data is loaded
     splits = load_splits(data, limit=limit)
     report = CompressReport(
         dataset=splits.train.name,

@@ -30,7 +30,7 @@ from mobilecv.compress._common import (
     sparsity_of,
     unwrap,
 )
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, parse_choice
 
 TECHNIQUE = "prune"
 
@@ -161,19 +161,8 @@ def prune(
     import tensorflow_model_optimization as tfmot
 
     require_tf_keras(model, TECHNIQUE)
-    try:
-        policy = PrunePolicy(policy)
-    except ValueError:
-        raise InputError(
-            f"prune policy must be one of {', '.join(p.value for p in PrunePolicy)}, got {policy!r}"
-        ) from None
-    try:
-        allocation = Allocation(allocation)
-    except ValueError:
-        raise InputError(
-            f"prune allocation must be one of {', '.join(a.value for a in Allocation)}, "
-            f"got {allocation!r}"
-        ) from None
+    policy = parse_choice(PrunePolicy, policy, "prune policy")
+    allocation = parse_choice(Allocation, allocation, "prune allocation")
     if m_by_n is not None and allocation is not Allocation.UNIFORM:
         raise InputError("2:4 sparsity is the same in every layer; it takes no allocation")
     if m_by_n is None:
