@@ -21,7 +21,7 @@ checked and printed as PASS/MISS.
 Sparse inference: XNNPACK's sparse (NCHW, "Fast Sparse ConvNets") path cannot be
 switched on from Python; the TFLite XNNPACK delegate hints it to XNNPACK by itself
 when the model stores weights in sparse form (DENSIFY ops, i.e. the converter's
-`Optimize.EXPERIMENTAL_SPARSITY`, `converters.tflite.convert(..., sparse=True)`),
+`Optimize.EXPERIMENTAL_SPARSITY`, `mobilecv.converters.tflite.convert(..., sparse=True)`),
 and XNNPACK then uses it only if the subgraph qualifies (3x3 stride-2 stem conv with
 3 input channels and padding 1 on each side, >= 2/3 zeros in the 1x1 convs). This
 script measures dense vs pruned vs sparse-encoded float32 models, both as built
@@ -225,7 +225,7 @@ def conversion_summary(result) -> dict:
 
 
 def convert_row(model, args, convert_kwargs: dict, sparse: bool):
-    from converters.tflite import convert
+    from mobilecv.converters.tflite import convert
 
     return convert(
         model,
@@ -396,7 +396,7 @@ def sparse_inference(args, weights, pruned80_weights, x, y, workdir: Path, dense
 
     The dense as-built model is the main table's float32 row; --quick skips the twin.
     """
-    from converters.tflite import convert
+    from mobilecv.converters.tflite import convert
 
     def variant(label, model, sparse, x_eval):
         res = convert(model, "none", calibration="fashion_mnist", samples=16, sparse=sparse)
@@ -641,7 +641,7 @@ def sparse_finding(sp: dict) -> str:
     return (
         "No Python switch turns XNNPACK's sparse path on, and none is needed: the TFLite XNNPACK "
         "delegate passes XNN_FLAG_HINT_SPARSE_INFERENCE to XNNPACK by itself when the model holds "
-        "sparse (DENSIFY) weights, i.e. when it was converted with `converters.tflite.convert(..., "
+        "sparse (DENSIFY) weights, i.e. when it was converted with `mobilecv.converters.tflite.convert(..., "
         "sparse=True)` (Optimize.EXPERIMENTAL_SPARSITY); LiteRT's `CpuOptions.xnnpack_flags` takes "
         "delegate flags, none of which is a sparse switch. XNNPACK then uses its NCHW sparse "
         "kernels only for a subgraph that starts with a 3x3 stride-2 conv on 3 input channels with "

@@ -147,7 +147,7 @@ def save_tflite(
     path = Path(path)
     if fmt is OutputFormat.TFLITE:
         return [write_bytes(path, data, force=force)]
-    from converters.c_array import c_identifier, to_c_array
+    from mobilecv.converters.c_array import c_identifier, to_c_array
 
     stem = path.with_suffix("") if path.suffix in (".tflite", ".cc", ".h", ".c", ".cpp") else path
     cc_path, h_path = stem.with_suffix(".cc"), stem.with_suffix(".h")
@@ -420,7 +420,7 @@ def convert(
 
 def _graph_notes(data: bytes, mode: Quantize) -> list[str]:
     """Say when the converter quietly did less than the mode promises."""
-    from mobilecv.inspect import read_tflite
+    from mobilecv.inspection import read_tflite
 
     graph = read_tflite(data)
     notes = []

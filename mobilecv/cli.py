@@ -110,7 +110,7 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
     import mobilecv
     from mobilecv.fileio import check_writable
     from mobilecv.modelio import save_model
-    from mobilecv.profile import profile
+    from mobilecv.profiling import profile
 
     check_writable(output, force)
     knobs = _knobs(**scaling)
@@ -144,7 +144,7 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
 def profile_cmd(target, keras, top, as_json, **scaling) -> None:
     """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""
     import mobilecv
-    from mobilecv.profile import format_table, profile
+    from mobilecv.profiling import format_table, profile
     from mobilecv.registry import resolve
 
     knobs = _knobs(**scaling)

@@ -40,7 +40,7 @@ class TfliteModel:
         return tuple(int(d) for d in self.input["shape"])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        from converters.tflite import dequantize, quantize_input
+        from mobilecv.converters.tflite import dequantize, quantize_input
 
         out = []
         for i in range(len(x)):

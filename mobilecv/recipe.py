@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from converters.tflite import Quantize as QuantMode
 from mobilecv.compress.prune import Allocation, PrunePolicy
+from mobilecv.converters.tflite import Quantize as QuantMode
 from mobilecv.errors import InputError
 from mobilecv.train import Optimizer, Schedule
 

@@ -179,7 +179,7 @@ def _test_arrays(recipe: Recipe, input_shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load(path: Path):
-    from converters.tflite import load_keras_model
+    from mobilecv.converters.tflite import load_keras_model
 
     return load_keras_model(path)
 
@@ -294,7 +294,7 @@ def run(
     tflites = {mode: out / f"model_{mode.value}.tflite" for mode in recipe.convert.modes}
 
     def convert_step():
-        from converters.tflite import convert
+        from mobilecv.converters.tflite import convert
 
         model = _load(current)
         outputs, rows = [], {}
@@ -334,7 +334,7 @@ def run(
             )
         result = {"test_samples": int(len(y)), "accuracy": rows}
         if recipe.evaluate.multi_crop or members > 1:
-            from converters.tflite import convert
+            from mobilecv.converters.tflite import convert
 
             main = TfliteModel(tflites[recipe.convert.modes[-1]])
             extra = [

@@ -2,8 +2,8 @@
 
 Each grid point is built, profiled, int8-converted and benchmarked in its own worker
 process (spawned, so each worker imports TensorFlow itself and a crash or leak stays in
-that worker): params and MACs from :func:`mobilecv.profile.profile`, the int8 .tflite
-from :func:`converters.tflite.convert`, the latency measured on the host with one
+that worker): params and MACs from :func:`mobilecv.profiling.profile`, the int8 .tflite
+from :func:`mobilecv.converters.tflite.convert`, the latency measured on the host with one
 thread, and the estimate and fit verdict under a device profile from
 :func:`mobilecv.bench.run`. Optionally each point is first trained for a few epochs and
 scored on the test split (used for nothing else). A point that fails becomes a row
@@ -182,10 +182,10 @@ def _test_arrays(dataset: str, samples: int | None, shape) -> tuple[np.ndarray, 
 
 def _measure_point(task: dict) -> dict:
     import mobilecv
-    from converters.tflite import convert
     from mobilecv import bench
     from mobilecv.bench import devices
-    from mobilecv.profile import profile
+    from mobilecv.converters.tflite import convert
+    from mobilecv.profiling import profile
 
     row: dict = {}
     model = mobilecv.build(

@@ -1,6 +1,6 @@
 """Read a .tflite flatbuffer without TensorFlow: tensors, ops, buffers, per-op MACs.
 
-This is mobilecv's one .tflite reader. `mobilecv.inspect` (what `mobilecv inspect`
+This is mobilecv's one .tflite reader. `mobilecv.inspection` (what `mobilecv inspect`
 prints: weights, sparsity, float ops, size breakdown) and `mobilecv.bench` (arena
 planner, roofline estimate, verdict) both build on `load()`. The schema module ships
 inside ai-edge-litert (and tflite-micro) and needs only the `flatbuffers` package, so

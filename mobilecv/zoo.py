@@ -16,7 +16,7 @@ from mobilecv.registry import get, list_models
 
 def compute_row(name: str) -> dict:
     import mobilecv
-    from mobilecv.profile import profile
+    from mobilecv.profiling import profile
 
     entry = get(name)
     prof = profile(mobilecv.build(name))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from mobilecv import recipe
-from mobilecv.profile import format_table, profile
+from mobilecv.profiling import format_table, profile
 from mobilecv.runner import run
 
 DEFAULT_RECIPE = "mobilenet_v2_fashion_int8"
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(loaded, args.out)
     out = Path(args.out)
 
-    from converters.tflite import load_keras_model
+    from mobilecv.converters.tflite import load_keras_model
 
     print()
     print(

@@ -1,7 +1,7 @@
 """The one golden table: parameter counts and MACs of full-size builds.
 
 Every figure comes from keras.applications (weights=None, include_top, 1000 classes)
-or from the paper named in `source`. MACs follow mobilecv.profile's convention
+or from the paper named in `source`. MACs follow mobilecv.profiling's convention
 (Conv/Depthwise/Dense multiply-adds, batch 1) and must agree within MAC_TOLERANCE.
 """
 

@@ -28,8 +28,8 @@ DESIGN_KEYS = {
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    from converters.tflite import convert
     from mobilecv.bench.samples import random_calibration, tiny_mobilenet
+    from mobilecv.converters.tflite import convert
 
     d = tmp_path_factory.mktemp("bench_models")
     out = {}

@@ -6,10 +6,10 @@ from conftest import tiny_knobs
 from test_weights import _fix_variance, _images, _reference
 
 import mobilecv
-from converters.tflite import convert
 from mobilecv import layers
 from mobilecv._tf import get_keras
-from mobilecv.profile import profile
+from mobilecv.converters.tflite import convert
+from mobilecv.profiling import profile
 
 CLASSICS = [
     "lenet5",

@@ -1,4 +1,4 @@
-"""converters.tflite / converters.c_array / `mobilecv convert` on tiny models.
+"""mobilecv.converters.tflite / mobilecv.converters.c_array / `mobilecv convert` on tiny models.
 
 Every mode is converted and verified in LiteRT; the figures asserted here are
 the ones the converter measured (max error against Keras, top-1 agreement).
@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from converters.c_array import c_identifier, to_c_array
-from converters.tflite import Quantize, convert, kernel_sparsity
 from mobilecv._tf import get_keras
 from mobilecv.commands.convert import convert as convert_cmd
+from mobilecv.converters.c_array import c_identifier, to_c_array
+from mobilecv.converters.tflite import Quantize, convert, kernel_sparsity
 from mobilecv.errors import InputError
-from mobilecv.inspect import read_tflite
+from mobilecv.inspection import read_tflite
 
 
 def tiny_model(keras="tf_keras", size=8, channels=1, seed=0):
@@ -389,7 +389,7 @@ def test_conversion_prints_no_chatter():
     code = (
         "import numpy as np\n"
         "from mobilecv._tf import get_keras\n"
-        "from converters.tflite import convert\n"
+        "from mobilecv.converters.tflite import convert\n"
         "k = get_keras('tf_keras')\n"
         "inp = k.Input((8, 8, 1)); x = k.layers.Conv2D(4, 3)(inp)\n"
         "out = k.layers.Dense(3)(k.layers.Flatten()(x))\n"

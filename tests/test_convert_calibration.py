@@ -84,8 +84,8 @@ def test_registry_mobilenet_v2_converts_to_full_int8():
     """A mobilecv-built model (tiny MobileNetV2, one input channel) through the
     int8 route with Fashion-MNIST calibration: fully integer, runs, verified."""
     import mobilecv
-    from converters.tflite import convert
-    from mobilecv.inspect import read_tflite
+    from mobilecv.converters.tflite import convert
+    from mobilecv.inspection import read_tflite
 
     model = mobilecv.build("mobilenet_v2", width=0.35, resolution=32, classes=10, input_channels=1)
     result = convert(model, "int8", calibration="fashion_mnist", samples=32, verify_samples=32)

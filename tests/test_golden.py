@@ -4,7 +4,7 @@ import pytest
 from golden import GOLDEN
 
 import mobilecv
-from mobilecv.profile import profile
+from mobilecv.profiling import profile
 
 
 def _param(g):

@@ -1,4 +1,4 @@
-"""mobilecv.inspect: reading .tflite files without TensorFlow, and `mobilecv inspect`."""
+"""mobilecv.inspection: reading .tflite files without TensorFlow, and `mobilecv inspect`."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from click.testing import CliRunner
 from mobilecv import tflite_graph
 from mobilecv.commands.convert import inspect_cmd
 from mobilecv.errors import InputError
-from mobilecv.inspect import format_report, read_tflite
+from mobilecv.inspection import format_report, read_tflite
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """float32 and int8 .tflite files of a tiny conv net with known shapes."""
-    from converters.tflite import convert
     from mobilecv._tf import get_keras
+    from mobilecv.converters.tflite import convert
 
     k = get_keras("tf_keras")
     k.utils.set_random_seed(0)
@@ -85,8 +85,8 @@ def test_float_ops_in_integer_model_are_reported():
     must name the op that stayed float, and the converter must say so too."""
     import tensorflow_model_optimization as tfmot
 
-    from converters.tflite import convert
     from mobilecv._tf import get_keras
+    from mobilecv.converters.tflite import convert
 
     tk = get_keras("tf_keras")
     q = tfmot.quantization.keras
@@ -171,7 +171,7 @@ def test_cli_inspect_missing_file(tmp_path):
 
 def test_reader_does_not_import_tensorflow(models):
     code = (
-        "import sys; from mobilecv.inspect import read_tflite; "
+        "import sys; from mobilecv.inspection import read_tflite; "
         f"g = read_tflite({str(models['int8'])!r}); "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(g.macs)"
     )

@@ -4,7 +4,7 @@ import pytest
 
 import mobilecv
 from mobilecv._tf import get_keras
-from mobilecv.profile import profile
+from mobilecv.profiling import profile
 
 
 @pytest.mark.parametrize("keras", ["tf_keras", "keras3"])

@@ -11,7 +11,7 @@ from conftest import tiny_knobs
 
 import mobilecv
 from mobilecv import arch
-from mobilecv.profile import profile
+from mobilecv.profiling import profile
 from mobilecv.registry import register_model, resolve
 
 ALL = mobilecv.list_models()

@@ -69,9 +69,9 @@ def _key() -> str:
 
 def _probe_models(tmp: Path) -> dict[str, tuple[Path, int]]:
     """Build the single-op probe models; returns name -> (path, MACs)."""
-    from converters.tflite import convert
     from mobilecv._tf import get_keras
     from mobilecv.bench.samples import random_calibration
+    from mobilecv.converters.tflite import convert
 
     keras = get_keras("tf_keras")
     L = keras.layers

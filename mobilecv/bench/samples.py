@@ -1,6 +1,6 @@
 """Small MobileNet-style .tflite files for tests, calibration and the benchmark scripts.
 
-They are built with tf_keras and converted with `converters.tflite.convert`, so
+They are built with tf_keras and converted with `mobilecv.converters.tflite.convert`, so
 TensorFlow is imported lazily inside the functions (never at import time).
 """
 
@@ -77,7 +77,7 @@ def cached_model(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}_{'fp32' if quantize == 'none' else quantize}.tflite"
     if not path.exists():
-        from converters.tflite import convert
+        from mobilecv.converters.tflite import convert
 
         model = build()
         calibration = random_calibration(model, 8)

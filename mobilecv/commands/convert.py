@@ -1,5 +1,5 @@
-"""`mobilecv convert` and `mobilecv inspect`: thin wrappers over converters.tflite and
-mobilecv.inspect."""
+"""`mobilecv convert` and `mobilecv inspect`: thin wrappers over mobilecv.converters.tflite and
+mobilecv.inspection."""
 
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ def convert(
 ):
     """Convert MODEL (a .keras/.h5 file or a registered model name) to TFLite,
     then run it in LiteRT against Keras and report the agreement."""
-    from converters.tflite import convert as convert_model
-    from converters.tflite import resolve_model
+    from mobilecv.converters.tflite import convert as convert_model
+    from mobilecv.converters.tflite import resolve_model
     from mobilecv.fileio import check_writable
 
     if fmt == "tflite":
@@ -147,7 +147,7 @@ def convert(
 def inspect_cmd(model, tensors, as_json):
     """Show what is inside MODEL.tflite: ops, I/O types and quantisation, weight
     dtypes and sparsity, size breakdown, MACs, and float ops left in an integer model."""
-    from mobilecv.inspect import format_report, read_tflite
+    from mobilecv.inspection import format_report, read_tflite
 
     graph = read_tflite(model)
     if as_json:
