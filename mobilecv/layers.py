@@ -251,86 +251,17 @@ def inception_module(
     return K.layers.Concatenate(name=f"{name}_concat")([b1, b3, b5, bp])
 
 
-_CUSTOM: dict[tuple[int, str], type] = {}
+def _custom_layer(K: ModuleType, name: str) -> type:
+    from mobilecv.custom_layers import layer_class  # imports TF and registers the classes
 
-
-def _custom_layer(K: ModuleType, kind: str) -> type:
-    """The LRN / channel-pad layer class for keras module ``K`` (one class per Keras)."""
-    key = (id(K), kind)
-    if key in _CUSTOM:
-        return _CUSTOM[key]
-
-    from mobilecv._tf import tf
-
-    if kind == "lrn":
-
-        class LocalResponseNorm(K.layers.Layer):
-            """Krizhevsky et al. LRN: x / (bias + alpha * sum_{|i-j|<=r} x_j^2) ** beta.
-
-            Written with ops every TFLite kernel set has in int8 (MUL, a 1x1 CONV_2D with a
-            constant 0/1 band as the channel-window sum, RSQRT, SQRT): the native
-            LOCAL_RESPONSE_NORMALIZATION op has no int8 kernel and would stay float. The
-            power -0.75 is rsqrt(d) * sqrt(rsqrt(d)), so beta is fixed at 0.75.
-            """
-
-            def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, **kwargs):
-                super().__init__(**kwargs)
-                self.depth_radius, self.bias, self.alpha = depth_radius, bias, alpha
-
-            def call(self, x):
-                t = tf()
-                c = int(x.shape[-1])
-                r = self.depth_radius
-                band = [[1.0 if abs(i - j) <= r else 0.0 for j in range(c)] for i in range(c)]
-                window = t.nn.conv2d(x * x, t.constant(band, shape=(1, 1, c, c)), 1, "VALID")
-                inv = t.math.rsqrt(self.bias + self.alpha * window)
-                return x * inv * t.sqrt(inv)
-
-            def compute_output_shape(self, input_shape):
-                return input_shape
-
-            def get_config(self):
-                return {
-                    **super().get_config(),
-                    "depth_radius": self.depth_radius,
-                    "bias": self.bias,
-                    "alpha": self.alpha,
-                }
-
-        cls = LocalResponseNorm
-    elif kind == "pad":
-
-        class ChannelZeroPad(K.layers.Layer):
-            """Appends ``extra`` all-zero channels (He et al.'s parameter-free option A
-            shortcut)."""
-
-            def __init__(self, extra=0, **kwargs):
-                super().__init__(**kwargs)
-                self.extra = extra
-
-            def call(self, x):
-                pads = [[0, 0]] * (len(x.shape) - 1) + [[0, self.extra]]
-                return tf().pad(x, pads)
-
-            def compute_output_shape(self, input_shape):
-                return (*input_shape[:-1], input_shape[-1] + self.extra)
-
-            def get_config(self):
-                return {**super().get_config(), "extra": self.extra}
-
-        cls = ChannelZeroPad
-    else:
-        raise ValueError(f"unknown custom layer {kind!r}")
-    cls = K.utils.register_keras_serializable(package="mobilecv")(cls)
-    _CUSTOM[key] = cls
-    return cls
+    return layer_class(K, name)
 
 
 def local_response_norm(
     K: ModuleType, x, name: str, depth_radius: int = 2, bias: float = 2.0, alpha: float = 1e-4
 ):
     """AlexNet's local response normalisation (k=2, n=5, alpha=1e-4, beta=0.75)."""
-    return _custom_layer(K, "lrn")(depth_radius, bias, alpha, name=name)(x)
+    return _custom_layer(K, "LocalResponseNorm")(depth_radius, bias, alpha, name=name)(x)
 
 
 def residual_block(
@@ -397,7 +328,7 @@ def residual_block(
                 if out_channels < in_channels:
                     raise ValueError("shortcut='pad' cannot shrink channels")
                 if out_channels > in_channels:
-                    short = _custom_layer(K, "pad")(
+                    short = _custom_layer(K, "ChannelZeroPad")(
                         out_channels - in_channels, name=f"{name}_0_pad"
                     )(short)
             else:

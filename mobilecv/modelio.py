@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 
 from mobilecv._tf import get_keras, silenced_stderr
@@ -28,27 +29,49 @@ def load_model(path: str | os.PathLike, keras: str | None = None):
     """Load any Keras model file (.keras or full-model .h5) without compiling it.
 
     tf_keras is tried first for .h5 and tf_keras-written .keras files; Keras 3 for files
-    Keras 3 wrote. A file neither can read is an InputError naming it.
+    Keras 3 wrote. mobilecv's own layers are registered first. A file neither Keras can
+    read is an InputError of one line: the file and the reason of the Keras that wrote it.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder, not a .keras or .h5 model file")
     if not path.endswith((".keras", ".h5", ".hdf5")):
         raise InputError(f"{path}: expected a .keras or .h5 model file")
+    import mobilecv.custom_layers  # noqa: F401  (registers LRN, ChannelZeroPad, ...)
+
     order = (
         [keras]
         if keras
         else (["keras3", "tf_keras"] if _saved_by_keras3(path) else ["tf_keras", "keras3"])
     )
-    errors = []
+    reasons = []
     for name in order:
         K = get_keras(name)
         try:
             with silenced_stderr():
                 return K.models.load_model(path, compile=False)
         except Exception as exc:  # noqa: BLE001 - try the other Keras before giving up
-            errors.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    raise InputError(f"cannot load {path} as a Keras model ({'; '.join(errors)})")
+            reasons.append(f"{name}: {load_error_reason(exc)}")
+    # The first Keras tried is the one that wrote the file; its reason is the useful one.
+    raise InputError(f"cannot load {path} as a Keras model ({reasons[0]})")
+
+
+_QUOTED_CLASS = re.compile(r"(?:Unknown layer|Could not locate class)[^'\"]*['\"]([^'\"]+)['\"]")
+MAX_REASON = 160
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """One short line from a Keras loading error, whose text often holds the whole config."""
+    text = " ".join(str(exc).split())
+    match = _QUOTED_CLASS.search(text)
+    if match:
+        return f"unknown layer class {match.group(1)!r} (not registered in this process)"
+    if not text:
+        return type(exc).__name__
+    text = re.split(r"(?<=[.:]) (?=[A-Z{])", text, maxsplit=1)[0]  # the first sentence
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 def save_model(model, path: str | os.PathLike, force: bool = False) -> None:

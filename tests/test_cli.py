@@ -30,7 +30,14 @@ def test_build_writes_a_loadable_model_and_refuses_to_overwrite(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["params"] > 0 and summary["input_shape"] == [None, 32, 32, 3]
-    assert out.exists()
+    # Loadable in another process, with the same weights as the built model.
+    code = (
+        "import sys; from mobilecv.modelio import load_model; "
+        "m = load_model(sys.argv[1]); print(m.count_params(), m.input_shape)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split()[0] == str(summary["params"])
     again = run("build", "mobilenet_v2", *SMALL, "-o", str(out))
     assert again.exit_code == 2
     assert "--force" in again.output
