@@ -28,7 +28,7 @@ def test_build_writes_a_loadable_model_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "m.keras"
     result = run("build", "mobilenet_v2", *SMALL, "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["params"] > 0 and summary["input_shape"] == [None, 32, 32, 3]
     # Loadable in another process, with the same weights as the built model.
     code = (
@@ -52,15 +52,15 @@ def test_build_keras3_and_profile_the_file(tmp_path):
     )
     result = run("profile", str(out), "--json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
-    built = json.loads(run("profile", "efficientnet_b0", *SMALL, "--json").output)
+    data = json.loads(result.stdout)
+    built = json.loads(run("profile", "efficientnet_b0", *SMALL, "--json").stdout)
     assert data["params"] == built["params"]
     assert data["macs"] == built["macs"]
 
 
 def test_profile_json_schema():
     result = run("profile", "mobilenet_v2", *SMALL, "--json")
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     for key in (
         "name",
         "width",
@@ -101,7 +101,7 @@ def test_phi_and_family_option(tmp_path):
         "--json",
     )
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["width"] == pytest.approx(1.1**0.5) and data["resolution"] == 32
     assert not any("se_" in layer["name"] for layer in data["layers"])
 
@@ -139,7 +139,7 @@ def test_corrupt_model_file_exits_2(tmp_path):
 
 def test_list_shows_every_model_with_cost():
     result = run("list", "--json")
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     import mobilecv
 
     assert [r["name"] for r in rows] == mobilecv.list_models()

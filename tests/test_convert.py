@@ -136,7 +136,7 @@ def test_per_tensor_int8_has_one_weight_scale_per_tensor_and_is_smaller(trained,
         convert_cmd, [*args, "--quantize", "int8", "--calibration", "digits", "--samples", "32"]
     )
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["per_channel"] is False
+    assert json.loads(res.stdout)["per_channel"] is False
     res = CliRunner().invoke(convert_cmd, [*args, "--quantize", "float16", "--force"])
     assert res.exit_code == 2 and "per-tensor" in res.output
 
@@ -332,7 +332,7 @@ def test_cli_convert_model_file_json(tmp_path, trained):
         convert_cmd, [*args, "--samples", "32", "--verify-samples", "16", "--json"]
     )
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)
     assert data["bytes"] == out.stat().st_size
     assert data["verification"]["top1_agreement"] >= 0.9
     # Existing output without --force: exit 2, nothing rewritten.

@@ -145,7 +145,7 @@ def test_cli_inspect_text_and_json(models):
     assert res.exit_code == 0, res.output
     assert "CONV_2D" in res.output and "quantization: int8" in res.output
     res = CliRunner().invoke(inspect_cmd, [str(models["int8"]), "--json"])
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)
     assert data["quantization"] == "int8" and data["float_ops"] == []
     assert data["macs"] == 5120 + 2304 + 2304 + 2048
     assert data["inputs"][0]["quant"]["zero_point"] == -128

@@ -28,7 +28,7 @@ def test_every_shipped_recipe_passes_dry_run(name, tmp_path):
         main, ["run", name, "--dry-run", "-o", str(tmp_path / "x"), "--json"]
     )
     assert result.exit_code == 0, result.output
-    plan = json.loads(result.output)
+    plan = json.loads(result.stdout)
     assert [s["step"] for s in plan["steps"]][0] == "build"
     assert not (tmp_path / "x").exists()
 
@@ -45,7 +45,7 @@ def test_small_run_writes_report_and_resumes(tmp_path):
         args += ["--set", item]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    summary = json.loads(first.output)
+    summary = json.loads(first.stdout)
     assert summary["ran"] == ["build", "train", "convert", "evaluate", "bench", "report"]
     report = (out / "report.md").read_text()
     for needle in (
@@ -66,11 +66,11 @@ def test_small_run_writes_report_and_resumes(tmp_path):
     assert techniques["10-crop"]["cost_vs_single"] > 3  # ten forward passes per image
     assert (out / "trained_1.keras").exists()
     # unchanged: nothing is redone
-    again = json.loads(CliRunner().invoke(main, args).output)
+    again = json.loads(CliRunner().invoke(main, args).stdout)
     assert again["ran"] == []
     # a changed bench budget reruns only bench and report
     changed = CliRunner().invoke(main, [*args, "--set", "devices.0.max_latency_ms=0.0001"])
-    assert json.loads(changed.output)["ran"] == ["bench", "report"]
+    assert json.loads(changed.stdout)["ran"] == ["bench", "report"]
     assert "does not fit" in (out / "report.md").read_text()
 
 
