@@ -31,7 +31,7 @@ data:
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST steps will fail"; \
 	else echo "warning: install Debian's dataset-fashion-mnist for Fashion-MNIST"; fi
-	@$(PY) -m mobilecv.data.assets install \
+	@$(PY) -c 'import sys; from mobilecv.data.assets import main; sys.exit(main(["install"]))' \
 	  || echo "warning: scene assets missing (opencv-doc, visp-images-data, stardist files); scenes and asset loaders will fail"
 
 test: install

@@ -173,6 +173,9 @@ def test_bad_configs_are_input_errors():
             SceneConfig(**bad)
     with pytest.raises(InputError, match="could not place"):
         generate("train", 3, SceneConfig(objects=(6, 6), scale=(0.9, 1.0), max_iou=0.0))
+    # Above the minimum, a crowded scene keeps the objects that fit.
+    crowded = generate("train", 5, SceneConfig(objects=(1, 8), scale=(0.5, 0.6), max_iou=0.0))
+    assert crowded.counts.min() >= 1 and crowded.counts.max() < 8
 
 
 # --------------------------------------------------------------------------- COCO, picture

@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         for asset in ASSET_FILES:
             found = next((p for p in asset.candidates() if p.is_file()), None)
             print(
-                f"  {Path(asset.path).name}: {found or 'MISSING (' + asset.how_to_install() + ')'}"
+                f"  {Path(*Path(asset.path).parts[-2:])}: "
+                f"{found or 'MISSING (' + asset.how_to_install() + ')'}"
             )
     except (InputError, RunFailed) as error:
         print(f"Error: {error}", file=sys.stderr)

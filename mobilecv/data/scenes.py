@@ -92,7 +92,9 @@ class SceneConfig:
 
     size: int = 96
     channels: int = 3
-    objects: tuple[int, int] = (1, 3)  # objects per non-empty scene, inclusive; 0 allowed
+    # Objects per non-empty scene, inclusive (0 allowed). A scene too crowded for the number
+    # drawn keeps those that fit, never fewer than the minimum.
+    objects: tuple[int, int] = (1, 3)
     empty_share: float = 0.0  # share of scenes forced to hold no object
     sources: tuple[ObjectSource, ...] = (ObjectSource.FASHION_MNIST,)
     backgrounds: tuple[Background, ...] = tuple(Background)
@@ -469,6 +471,9 @@ def _compose(rng, config: SceneConfig, pools, canvases):
             if trial is not None:
                 break
         else:
+            # A crowded scene keeps the objects that fit, as long as it has the minimum.
+            if len(placed) >= config.objects[0]:
+                break
             raise InputError(
                 f"could not place object {len(placed) + 1} of {count} in {MAX_TRIES} tries; "
                 "use smaller objects (scale), fewer (objects) or allow more overlap "
