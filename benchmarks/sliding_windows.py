@@ -73,29 +73,13 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def course_window_net(seed: int):
-    """The course's 14x14x3 window classifier (tf_keras, random weights)."""
-    from mobilecv._tf import get_keras
-
-    K = get_keras("tf_keras")
-    K.utils.set_random_seed(seed)
-    return K.Sequential(
-        [
-            K.Input((14, 14, 3)),
-            K.layers.Conv2D(16, 5, activation="relu", name="conv"),
-            K.layers.MaxPooling2D(2, name="pool"),
-            K.layers.Flatten(name="flatten"),
-            K.layers.Dense(400, activation="relu", name="fc1"),
-            K.layers.Dense(400, activation="relu", name="fc2"),
-            K.layers.Dense(4, activation="softmax", name="softmax"),
-        ],
-        name="course_window_net",
-    )
-
-
 def window_models(seed: int) -> dict:
+    from mobilecv._tf import get_keras
+    from mobilecv.fully_conv import course_example
+
+    get_keras("tf_keras").utils.set_random_seed(seed)
     return {
-        "course": course_window_net(seed),
+        "course": course_example("tf_keras"),
         "lenet5": mobilecv.build("lenet5", resolution=32, classes=10),
     }
 

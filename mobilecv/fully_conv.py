@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from mobilecv._tf import get_keras, is_keras3_model
@@ -35,21 +36,17 @@ from mobilecv.errors import InputError
 SPATIAL = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D")
 # Trunk layers that add (ZeroPadding2D) or remove (Cropping2D) border pixels.
 BORDER = ("ZeroPadding2D", "Cropping2D")
-# Layers that act on each position alone, so they run on a feature map of any size.
+# Layers that act on each value alone, or on the channels at one position (both kinds of
+# layer run on a feature map of any size, and on the last axis of a head's vector).
+ACTIVATIONS = ("Activation", "ReLU", "LeakyReLU", "ELU", "Softmax")
+NOISE = ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout")
 POSITIONWISE = (
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "ELU",
-    "Softmax",
+    *ACTIVATIONS,
+    *NOISE,
+    "SpatialDropout2D",
     "BatchNormalization",
     "Normalization",
     "Rescaling",
-    "Dropout",
-    "SpatialDropout2D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
     "LocalResponseNorm",
     "ChannelZeroPad",
 )
@@ -62,18 +59,7 @@ HEAD_STARTS = {
     "GlobalMaxPooling2D": "MaxPooling2D",
 }
 # Head layers that act on the last axis only (besides Dense).
-HEAD_PASS = (
-    "Activation",
-    "ReLU",
-    "LeakyReLU",
-    "ELU",
-    "Softmax",
-    "BatchNormalization",
-    "Dropout",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-)
+HEAD_PASS = (*ACTIVATIONS, *NOISE, "BatchNormalization")
 NO_FLATTEN_HINT = "the head must be Flatten or GlobalAveragePooling2D followed by Dense layers"
 
 
@@ -519,6 +505,26 @@ def to_fully_convolutional(model, input_shape: tuple | None = None):
     if input_shape[0] is not None and input_shape[1] is not None:
         plan.geometry.grid((int(input_shape[0]), int(input_shape[1])))  # raises if too small
     return _rebuild(plan, input_shape)
+
+
+def course_example(keras: str | ModuleType | None = None, functional: bool = False):
+    """The course's sliding-window example with fresh (random) weights: a 14x14x3 window
+    classifier, conv 5x5 with 16 filters, 2x2 max pool, FC 400, FC 400, softmax over 4."""
+    K = get_keras(keras)
+    layers = [
+        K.layers.Conv2D(16, 5, activation="relu", name="conv"),
+        K.layers.MaxPooling2D(2, name="pool"),
+        K.layers.Flatten(name="flatten"),
+        K.layers.Dense(400, activation="relu", name="fc1"),
+        K.layers.Dense(400, activation="relu", name="fc2"),
+        K.layers.Dense(4, activation="softmax", name="softmax"),
+    ]
+    if not functional:
+        return K.Sequential([K.Input((14, 14, 3)), *layers], name="course_window_net")
+    x = image = K.Input((14, 14, 3))
+    for layer in layers:
+        x = layer(x)
+    return K.Model(image, x, name="course_window_net")
 
 
 # --------------------------------------------------------------------------- cost

@@ -19,6 +19,7 @@ from mobilecv._tf import get_keras
 from mobilecv.errors import InputError
 from mobilecv.fully_conv import (
     as_size,
+    course_example,
     sliding_window_cost,
     to_fully_convolutional,
     window_geometry,
@@ -29,22 +30,12 @@ TOLERANCE = 1e-5
 
 
 def course_window_net(K, functional: bool, seed: int = 0):
-    """The course's 14x14x3 window classifier with random weights."""
-    layers = [
-        K.layers.Conv2D(16, 5, activation="relu", name="conv"),
-        K.layers.MaxPooling2D(2, name="pool"),
-        K.layers.Flatten(name="flatten"),
-        K.layers.Dense(400, activation="relu", name="fc1"),
-        K.layers.Dense(400, activation="relu", name="fc2"),
-        K.layers.Dense(4, activation="softmax", name="softmax"),
-    ]
-    if functional:
-        x = image = K.Input((14, 14, 3))
-        for layer in layers:
-            x = layer(x)
-        model = K.Model(image, x)
-    else:
-        model = K.Sequential([K.Input((14, 14, 3)), *layers])
+    """The course's 14x14x3 window classifier with random weights, biases included."""
+    model = course_example(K, functional=functional)
+    kinds = [type(layer).__name__ for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    assert kinds == ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense", "Dense"]
+    widths = [model.get_layer(n).output.shape[-1] for n in ("conv", "fc1", "fc2", "softmax")]
+    assert widths == [16, 400, 400, 4]
     _randomise_biases(model, seed)
     return model
 
