@@ -179,14 +179,9 @@ def pinned_to_one_core():
 
 def crops(image: np.ndarray, geometry, grid) -> np.ndarray:
     """Every window of one (H, W, C) image, row-major over the grid."""
-    (wh, ww), (sh, sw) = geometry.window, geometry.stride
-    return np.stack(
-        [
-            image[r * sh : r * sh + wh, c * sw : c * sw + ww]
-            for r in range(grid[0])
-            for c in range(grid[1])
-        ]
-    )
+    (wh, ww) = geometry.window
+    origins = [geometry.origin(r, c) for r in range(grid[0]) for c in range(grid[1])]
+    return np.stack([image[top : top + wh, left : left + ww] for top, left in origins])
 
 
 def measure_row(model, name: str, size: int, window_tflite: dict, args, rng) -> dict:

@@ -52,6 +52,8 @@ POSITIONWISE = (
 )
 MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average", "Concatenate")
 TRUNK = SPATIAL + BORDER + POSITIONWISE + MERGES
+# Trunk layers with an axis, which must be the channels for the layer to slide.
+CHANNEL_AXIS = ("BatchNormalization", "Normalization", "Softmax", "Concatenate")
 # Where the fully connected head starts, and what the start becomes.
 HEAD_STARTS = {
     "Flatten": None,
@@ -278,6 +280,12 @@ def _head_chain(graph: _Graph, output) -> tuple[Any, list]:
         tensor = inputs[0]
 
 
+def _axis(layer):
+    """The axis a layer acts on (-1 when it has none); [3] and (3,) read as 3."""
+    axis = getattr(layer, "axis", -1)
+    return axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
+
+
 def _check_head(head_start, head: list) -> None:
     if _kind(head_start) == "Flatten":
         if not any(_kind(layer) == "Dense" for layer in head):
@@ -294,8 +302,7 @@ def _check_head(head_start, head: list) -> None:
                     "position separately and has no convolutional form; move it after the Dense"
                 )
     for layer in head:
-        axis = getattr(layer, "axis", -1)
-        axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
+        axis = _axis(layer)
         if axis not in (-1, 1):
             raise InputError(
                 f"layer {layer.name!r} ({_kind(layer)}) acts on axis {axis}, not the last"
@@ -315,12 +322,8 @@ def _check_trunk_layer(layer) -> None:
         )
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         raise InputError(f"layer {layer.name!r} ({kind}) is channels_first; use channels_last")
-    axis = getattr(layer, "axis", -1)
-    axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
-    if kind in ("BatchNormalization", "Normalization", "Softmax", "Concatenate") and axis not in (
-        -1,
-        3,
-    ):
+    axis = _axis(layer)
+    if kind in CHANNEL_AXIS and axis not in (-1, 3):
         raise InputError(f"layer {layer.name!r} ({kind}) acts on axis {axis}, not the channels")
 
 

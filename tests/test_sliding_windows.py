@@ -326,12 +326,8 @@ def test_grid_survives_tflite_float_and_int8(keras):
 
 def crops_of_array(x: np.ndarray, grid, geometry) -> np.ndarray:
     """Every window of every image, (N * rows * cols, h, w, c), row-major per image."""
-    (wh, ww), (sh, sw) = geometry.window, geometry.stride
+    (wh, ww) = geometry.window
+    origins = [geometry.origin(r, c) for r in range(grid[0]) for c in range(grid[1])]
     return np.stack(
-        [
-            image[r * sh : r * sh + wh, c * sw : c * sw + ww]
-            for image in x
-            for r in range(grid[0])
-            for c in range(grid[1])
-        ]
+        [image[top : top + wh, left : left + ww] for image in x for top, left in origins]
     )
