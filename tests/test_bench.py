@@ -377,6 +377,7 @@ def test_import_ondevice_result(models, tmp_path):
     data = json.loads(r.stdout)
     assert data["device"] == "rpi4" and "latency_ms" in data["measured"]
     assert data["latency_ms"]["p50"] == json.loads(out.read_text())["latency_ms"]["p50"]
+    assert data["judged_latency"] == {"ms": data["latency_ms"]["p50"], "source": "measured p50"}
 
 
 BENCHMARK_MODEL_LOG = """\
@@ -426,6 +427,64 @@ def test_import_without_model_judges_latency_only(tmp_path):
     assert data["fits"]["latency"] is False and "latency_ms" in data["measured"]
     r = _invoke(bench, [])
     assert r.exit_code == 2
+
+
+def _bench_cli(*args) -> subprocess.CompletedProcess:
+    """`mobilecv bench` in a fresh process (inheriting the environment and its host calibration)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mobilecv.cli", "bench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# A benchmark_model run whose mean is 8 ms: it prints no percentiles, only the mean.
+MEAN_8MS_LOG = BENCHMARK_MODEL_LOG.replace("avg=29339.8", "avg=8000.0")
+
+
+def test_imported_mean_decides_the_latency_budget(models, tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text(MEAN_8MS_LOG)
+    args = [models["int8"], "--device", "pixel1", "--import", log, "--json"]
+    out = _bench_cli(*args, "--max-latency-ms", 1)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["estimate"]["latency_ms"] < 1  # the estimate alone would say "fits"
+    assert data["verdict"] == "does not fit" and data["fits"]["latency"] is False
+    assert data["judged_latency"] == {"ms": pytest.approx(8.0), "source": "measured mean"}
+    assert "latency: measured mean 8.00 ms exceeds the 1 ms budget" in data["reasons"]
+    out = _bench_cli(*args, "--max-latency-ms", 10, "--fail-if-not-fit")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["verdict"] == "fits"
+    # Without the model file the same measurement decides the same way.
+    out = _bench_cli("--import", log, "--max-latency-ms", 1, "--json")
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "does not fit"
+    assert data["judged_latency"]["source"] == "measured mean"
+
+
+def test_import_without_latency_is_unknown_not_fit(models, tmp_path):
+    # A result with no latency at all, e.g. a bench JSON from an MCU profile re-imported.
+    result = tmp_path / "mcu.json"
+    result.write_text(json.dumps({"model": "m.tflite", "device": "stm32f746",
+                                  "latency_ms": dict.fromkeys(("mean", "p50", "p90"))}))  # fmt: skip
+    out = _bench_cli("--import", result, "--max-latency-ms", 5, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "unknown" and data["fits"]["latency"] is None
+    assert "latency_ms" not in data["measured"]
+    assert any(r.startswith("latency: unknown") for r in data["reasons"])
+    out = _bench_cli("--import", result, "--max-latency-ms", 5, "--fail-if-not-fit")
+    assert out.returncode == 1, out.stderr  # unknown is not a fit
+    assert "m.tflite on stm32f746: unknown" in out.stdout
+    # With the model file there is an estimate, and the verdict says it decided.
+    out = _bench_cli(models["int8"], "--device", "pixel1", "--import", result, "--max-latency-ms", 1e-6,
+               "--json")  # fmt: skip
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "does not fit" and "latency_ms" not in data["measured"]
+    assert data["judged_latency"]["source"] == "estimated"
+    assert any(r.startswith("latency: estimated") for r in data["reasons"])
 
 
 def test_tflm_crash_decides_mcu_verdict(models, monkeypatch):
