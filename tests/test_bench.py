@@ -35,10 +35,12 @@ def models(tmp_path_factory):
     out = {}
     small = tiny_mobilenet(resolution=32, channels=1, width=8, blocks=2)
     wide = tiny_mobilenet(resolution=40, channels=3, width=12, blocks=3, seed=1)
+    deep = tiny_mobilenet(resolution=32, channels=1, width=8, blocks=5, seed=1)
     for name, model, q in (
         ("float", small, "none"),
         ("int8", small, "int8"),
         ("int8_wide", wide, "int8"),
+        ("int8_deep", deep, "int8"),
     ):
         p = d / f"{name}.tflite"
         result = convert(model, q, random_calibration(model), 16, verify=False, progress=False)
@@ -146,6 +148,36 @@ def test_planner_matches_tflm_arena(models, name):
     smaller = micro.run(models[name], arena_size=real["min_arena_bytes"] - 16, find_min=False)
     assert not smaller["ok"]
     assert any("Arena allocation" in line for line in real["allocations"])
+
+
+def test_arena_search_survives_tflm_crashing_on_a_small_arena(models):
+    # This tflite-micro build crashes (SIGSEGV in its memory planner) instead of failing
+    # cleanly on some arenas that are too small: 6000 bytes for this model, whose
+    # smallest arena is 9552. The old in-process search died on such a probe.
+    crash = micro.run(models["int8_deep"], arena_size=6000, find_min=False)
+    assert not crash["ok"] and "SIGSEGV" in crash["error"]
+    reference = micro.run(models["int8_deep"])
+    assert reference["ok"], reference
+    # Searching down from 12000 bytes, the first size tried is 6000.
+    r = micro.run(models["int8_deep"], arena_size=12000)
+    assert r["ok"], r
+    assert r["search_probes_crashed"] >= 1
+    assert r["min_arena_bytes"] == reference["min_arena_bytes"]
+    smaller = micro.run(models["int8_deep"], arena_size=r["min_arena_bytes"] - 16, find_min=False)
+    assert not smaller["ok"]
+    assert _no_children()
+    # A crash on an arena the user chose says what probably caused it.
+    assert "may be too small" in crash["error"]
+
+
+def test_allocation_alone_needs_the_whole_arena(models):
+    # The untrained-softmax copy is measured without invoke: TFLM plans all of the
+    # arena when it allocates, so both ways find the same smallest arena.
+    for name in ("int8", "int8_deep"):
+        with_invoke = micro.run(models[name])
+        allocate_only = micro.run(models[name], invoke=False)
+        assert with_invoke["min_arena_bytes"] == allocate_only["min_arena_bytes"]
+        assert with_invoke["arena_bytes"] == allocate_only["arena_bytes"]
 
 
 def test_tflm_reports_unresolved_custom_op(models):
@@ -496,3 +528,40 @@ def test_tflm_crash_decides_mcu_verdict(models, monkeypatch):
     r = bench_run(models["int8"], device="stm32h743")
     assert r["verdict"] == "does not fit" and r["fits"]["ops"] is False
     assert any("SIGABRT" in s for s in r["reasons"]) and "arena_bytes" not in r["measured"]
+
+
+@pytest.fixture(scope="module")
+def untrained_mobilenet_v1(tmp_path_factory):
+    """What a new user benches first: a freshly built mobilenet_v1, int8 with image
+    calibration. Its logits are nearly constant, so TFLM rejects its SOFTMAX scale."""
+    import mobilecv
+    from mobilecv.converters.tflite import convert
+
+    model = mobilecv.build("mobilenet_v1", width=0.25, resolution=32, classes=10)
+    result = convert(model, "int8", "fashion_mnist", samples=16, verify=False, progress=False)
+    path = tmp_path_factory.mktemp("untrained") / "mobilenet_v1_int8.tflite"
+    path.write_bytes(result.tflite)
+    return path
+
+
+def test_untrained_int8_model_gets_a_measured_arena_and_a_verdict(untrained_mobilenet_v1):
+    g = tflite_graph.load(untrained_mobilenet_v1)
+    softmax_in = [g.tensors[op.inputs[0]].scale[0] for op in g.ops if op.opcode == "SOFTMAX"]
+    assert softmax_in and softmax_in[0] < micro.SOFTMAX_MIN_INPUT_SCALE  # the premise
+    out = _bench_cli(untrained_mobilenet_v1, "--device", "stm32f746", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert "arena_bytes" in data["measured"] and data["arena_bytes"] > 0
+    assert data["arena_bytes"] == data["tflm"]["min_arena_bytes"]
+    assert data["tflm"]["softmax_untrained"]["input_scale"] == pytest.approx(softmax_in[0])
+    # The ops are supported; the flash, RAM and latency verdicts decide, and they fit.
+    assert data["fits"] == {"flash": True, "ram": True, "latency": True, "ops": True}
+    assert data["verdict"] == "fits" and data["reasons"] == []
+    note = " ".join(data["notes"])
+    assert "every op is supported" in note and "untrained" in note and "trained model" in note
+    # A budget it misses is the only reason it does not fit.
+    out = _bench_cli(untrained_mobilenet_v1, "--device", "stm32f746", "--max-latency-ms", 1e-3,
+                     "--json")  # fmt: skip
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "does not fit" and data["fits"]["ops"] is True
+    assert len(data["reasons"]) == 1 and data["reasons"][0].startswith("latency: estimated")

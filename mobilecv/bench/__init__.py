@@ -161,8 +161,11 @@ def run(
     result["estimate_per_op"] = est.per_op()
     result["live_bytes"] = est.live_bytes
     result["macs"] = graph.macs
+    notes = [f"tflm: {result['tflm']['note']}"] if result.get("tflm", {}).get("note") else []
     if len(graph.subgraphs) > 1:
-        result["notes"] = ["control flow: estimates cover the main subgraph only"]
+        notes.append("control flow: estimates cover the main subgraph only")
+    if notes:
+        result["notes"] = notes
     return result
 
 
