@@ -50,7 +50,7 @@ def planner_vs_tflm() -> None:
         "mnv2_0.35_r128_nosm": lambda: mobilenet_v2(0.35, 128, classes=10, softmax=False),
     }
     print(
-        f"{'model':<18} {'plan head':>10} {'TFLM head':>10} {'err':>7}   {'est total':>10} {'TFLM total':>10} {'err':>7}  min arena"
+        f"{'model':<18} {'plan head':>10} {'TFLM head':>10} {'err':>7}   {'est total':>10} {'TFLM total':>10} {'err':>7}  min arena  (search probes TFLM crashed on)"
     )
     errs = []
     for name, build in cases.items():
@@ -67,7 +67,8 @@ def planner_vs_tflm() -> None:
         errs.append(abs(e_total))
         print(
             f"{name:<18} {head:>10} {real['arena_head_bytes']:>10} {e_head:>+7.1%}   "
-            f"{total:>10} {real['arena_bytes']:>10} {e_total:>+7.1%}  {real.get('min_arena_bytes')}"
+            f"{total:>10} {real['arena_bytes']:>10} {e_total:>+7.1%}  {real.get('min_arena_bytes'):>9}  "
+            f"({real.get('search_probes_crashed', 0)})"
         )
     print(f"max |error| of the total arena: {max(errs):.1%} (target <= 10%)\n")
 

@@ -565,3 +565,26 @@ def test_untrained_int8_model_gets_a_measured_arena_and_a_verdict(untrained_mobi
     data = json.loads(out.stdout)
     assert data["verdict"] == "does not fit" and data["fits"]["ops"] is True
     assert len(data["reasons"]) == 1 and data["reasons"][0].startswith("latency: estimated")
+
+
+def test_untrained_softmax_copy_is_allocated_when_it_cannot_run(
+    untrained_mobilenet_v1, monkeypatch
+):
+    # With 1000 flat logits this wheel's int8 softmax also aborts at invoke (seen on
+    # keras MobileNetV2 and mobilenet_v1 at 1000 classes): the copy is then only allocated.
+    ran = micro.run(untrained_mobilenet_v1)
+    assert ran["ok"] and "by running it" in ran["note"]
+    real, calls = micro._run_child, []
+
+    def invoke_fails_on_the_copy(path, arena, find_min, timeout_s, invoke):
+        calls.append((Path(path).name, invoke))
+        if Path(path).name == "valid_softmax.tflite" and invoke:
+            return {"ok": False, "error": "TFLM crashed with SIGABRT", "unresolved_ops": []}
+        return real(path, arena, find_min, timeout_s, invoke)
+
+    monkeypatch.setattr(micro, "_run_child", invoke_fails_on_the_copy)
+    r = micro.run(untrained_mobilenet_v1)
+    assert r["ok"] and "by allocating it only" in r["note"] and "SIGABRT" in r["note"]
+    assert calls == [(untrained_mobilenet_v1.name, True), ("valid_softmax.tflite", True),
+                     ("valid_softmax.tflite", False)]  # fmt: skip
+    assert r["min_arena_bytes"] == ran["min_arena_bytes"]

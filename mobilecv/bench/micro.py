@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 _ALLOC = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
@@ -134,10 +135,11 @@ def run(
     timeout_s: float = 120,
     invoke: bool = True,
 ) -> dict:
-    """Run `path` on TFLM once (`invoke=False`: allocate only). Returns {"ok", "arena_bytes" (total used), "arena_head_bytes",
-    "arena_tail_bytes", "min_arena_bytes", "unresolved_ops", "error"}; for a model whose
-    SOFTMAX input scale TFLM rejects (an untrained one), the figures of a copy with a
-    valid scale, with "softmax_untrained" and a "note" that say so."""
+    """Run `path` on TFLM once (`invoke=False`: allocate only). Returns {"ok", "arena_bytes"
+    (total used), "arena_head_bytes", "arena_tail_bytes", "min_arena_bytes",
+    "search_probes_crashed", "unresolved_ops", "error"}; for a model whose SOFTMAX input
+    scale TFLM rejects (an untrained one), the figures of a copy with a valid scale, with
+    "softmax_untrained" and a "note" that say so."""
     result = _run_child(path, arena_size, find_min, timeout_s, invoke)
     if not result.get("ok") and not result["unresolved_ops"]:
         result = _retry_with_valid_softmax(path, result, arena_size, find_min, timeout_s)
@@ -254,7 +256,9 @@ def _softmax_scale_hint(path) -> str | None:
     )
 
 
-def with_softmax_input_scale(data: bytes, tensors, scale: float = VALID_LOGIT_SCALE) -> bytes:
+def with_softmax_input_scale(
+    data: bytes, tensors: Iterable[int], scale: float = VALID_LOGIT_SCALE
+) -> bytes:
     """A copy of the model whose main-subgraph `tensors` have quantisation scale `scale`."""
     from mobilecv.tflite_graph import rewrite
 
@@ -267,16 +271,21 @@ def with_softmax_input_scale(data: bytes, tensors, scale: float = VALID_LOGIT_SC
 
 
 def _retry_with_valid_softmax(path, failed: dict, arena_size, find_min, timeout_s) -> dict:
-    """If `failed` is the untrained-softmax abort, measure a copy with a valid scale."""
+    """If `failed` is the untrained-softmax abort, measure a copy with a valid scale:
+    run it if it runs, else only allocate it (its logits are still flat, and this
+    wheel's int8 softmax also aborts at invoke on a flat row of 1000 classes)."""
     tiny = _tiny_softmax_inputs(path)
-    if not tiny:
+    if not tiny or "timed out" in failed.get("error", ""):
         return failed
     with tempfile.TemporaryDirectory(prefix="mobilecv-tflm-") as tmp:
         copy = Path(tmp) / "valid_softmax.tflite"
         copy.write_bytes(with_softmax_input_scale(Path(path).read_bytes(), tiny))
-        # Allocation only: the untrained logits are also equal, and this wheel's int8
-        # softmax asserts on a flat row of more than 256 classes (sum of exps > 2**8).
-        retry = _run_child(copy, arena_size, find_min, timeout_s, invoke=False)
+        retry = _run_child(copy, arena_size, find_min, timeout_s, invoke=True)
+        how = "by running it"
+        if not retry.get("ok"):
+            invoke_error = retry.get("error", "failed")
+            retry = _run_child(copy, arena_size, find_min, timeout_s, invoke=False)
+            how = f"by allocating it only, as running it failed too ({invoke_error})"
     if not retry.get("ok"):
         return failed  # something else is wrong too: report the model's own failure
     scale = min(tiny.values())
@@ -284,8 +293,7 @@ def _retry_with_valid_softmax(path, failed: dict, arena_size, find_min, timeout_
     retry["note"] = (
         f"every op is supported, but this file aborts in TFLM: its logits are nearly constant "
         f"(SOFTMAX input scale {scale:.2g}), as in an untrained model, and TFLM cannot compute "
-        "softmax parameters for them. The arena was measured by allocating a copy with a valid "
-        "scale (the arena depends on neither the scale nor the data); a trained model does not "
-        "have this problem."
+        "softmax parameters for them. The arena was measured on a copy with a valid scale "
+        f"(the arena does not depend on it), {how}; a trained model does not have this problem."
     )
     return retry
