@@ -46,7 +46,11 @@ def _cores(text: str | None) -> tuple[int, ...]:
     help=".npy file per model input (repeat in input order); default random.",
 )
 @click.option("--max-latency-ms", type=float, default=None, help="Latency budget for the verdict.")
-@click.option("--fail-if-not-fit", is_flag=True, help="Exit 1 if any model does not fit.")
+@click.option(
+    "--fail-if-not-fit",
+    is_flag=True,
+    help="Exit 1 unless every model fits (a verdict of 'unknown' is not a fit).",
+)
 @click.option(
     "--timeout",
     type=float,
@@ -74,7 +78,7 @@ def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limi
           max_latency_ms, fail_if_not_fit, timeout, import_, report, force, as_json) -> None:  # fmt: skip
     """Will MODEL.tflite fit on DEVICE, and how fast is it? Measures on `host` (in a
     child process), runs TFLite Micro for MCU profiles, estimates the rest."""
-    from mobilecv.bench import from_import, load_result, run
+    from mobilecv.bench import Verdict, from_import, load_result, run
     from mobilecv.errors import InputError
 
     if not models and not import_:
@@ -115,24 +119,28 @@ def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limi
     else:
         for r in results:
             _print(r)
-    if fail_if_not_fit and any(r["verdict"] != "fits" for r in results):
+    if fail_if_not_fit and any(r["verdict"] != Verdict.FITS for r in results):
         sys.exit(1)
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f} ms"
 
 
 def _print(r: dict) -> None:
     lat = r["latency_ms"]
     est = r["estimate"]
     click.echo(f"{Path(r['model']).name} on {r['device']}: {r['verdict']}")
-    if lat.get("p50") is not None:
+    if "latency_ms" in r["measured"]:
         click.echo(
-            f"  measured  p50 {lat['p50']:.3f} ms  p90 {lat['p90'] or float('nan'):.3f} ms  "
-            f"p99 {lat['p99'] or float('nan'):.3f} ms  mean {lat['mean']:.3f} ms  ({r['runs']} runs, "
-            f"{r['threads']} thread(s))"
+            f"  measured  p50 {_ms(lat['p50'])}  p90 {_ms(lat['p90'])}  p99 {_ms(lat['p99'])}  "
+            f"mean {_ms(lat['mean'])}  ({r['runs']} runs, {r['threads']} thread(s))"
         )
     if r.get("init_ms") is not None:
+        rss = r.get("peak_rss_mb")
         click.echo(
-            f"  measured  init {r['init_ms']:.2f} ms  first inference {r['first_inference_ms']:.3f} ms  "
-            f"peak RSS +{r['peak_rss_mb'] or 0:.1f} MB"
+            f"  measured  init {r['init_ms']:.2f} ms  first inference {_ms(r.get('first_inference_ms'))}  "
+            f"peak RSS {'–' if rss is None else f'+{rss:.1f} MB'}"
         )
     if r.get("arena_bytes") is not None:
         click.echo(f"  measured  TFLM arena {r['arena_bytes']} bytes (smallest that works)")
@@ -141,8 +149,13 @@ def _print(r: dict) -> None:
             f"  estimated latency {est['latency_ms']:.3f} ms  activations {est['peak_activation_bytes']} B  "
             f"flash {est['flash_bytes']} B  RAM {est['ram_bytes']} B"
         )
+    judged = r.get("judged_latency") or {}
+    if judged.get("ms") is not None:
+        click.echo(f"  latency judged by the {judged['source']} figure, {judged['ms']:.3f} ms")
     for reason in r["reasons"]:
         click.echo(f"  - {reason}")
+    for note in r.get("notes", []):
+        click.echo(f"  note: {note}")
 
 
 @click.command("devices")
