@@ -22,7 +22,7 @@ import yaml
 
 from mobilecv.compress.prune import Allocation, PrunePolicy
 from mobilecv.converters.tflite import Quantize as QuantMode
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, MissingFile
 from mobilecv.train import Optimizer, Schedule
 
 
@@ -229,19 +229,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _apply_override(data: dict, path: list[str], value, text: str) -> None:
     node = data
     for key in path[:-1]:
-        if isinstance(node, list):
-            try:
-                node = node[int(key)]
-                continue
-            except (ValueError, IndexError):
-                raise InputError(f"--set {text!r}: {key!r} is not an index of a list") from None
-        node = node.setdefault(key, {})
+        node = _child(node, key, text)
         if not isinstance(node, (dict, list)):
             raise InputError(f"--set {text!r}: {key!r} is not a section")
     if isinstance(node, list):
-        node[int(path[-1])] = value
+        node[_list_index(node, path[-1], text)] = value
     else:
         node[path[-1]] = value
+
+
+def _child(node: dict | list, key: str, text: str):
+    """The item `key` of a section (created if missing) or of a list (which must have it)."""
+    if isinstance(node, list):
+        return node[_list_index(node, key, text)]
+    return node.setdefault(key, {})
+
+
+def _list_index(items: list, key: str, text: str) -> int:
+    """`key` as an index of `items`: a whole number below its length."""
+    if not key.isdigit():
+        raise InputError(f"--set {text!r}: {key!r} is not an index of a list (0, 1, ...)")
+    if int(key) >= len(items):
+        raise InputError(
+            f"--set {text!r}: index {key} is past the end of a list of {len(items)} items"
+        )
+    return int(key)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -262,13 +274,15 @@ def builtin_recipes() -> list[str]:
 
 def find(name_or_path: str | os.PathLike) -> Path:
     """A recipe by path, or by the name of a shipped recipe."""
+    if not str(name_or_path).strip():
+        raise InputError(f"give a recipe: a .yaml path or one of {', '.join(builtin_recipes())}")
     path = Path(name_or_path)
     if path.exists():
         return path
     shipped = resources.files("mobilecv.recipes").joinpath(f"{name_or_path}.yaml")
     if shipped.is_file():
         return Path(str(shipped))
-    raise FileNotFoundError(
+    raise MissingFile(
         f"recipe {str(name_or_path)!r} not found; shipped recipes: {', '.join(builtin_recipes())}"
     )
 
@@ -276,11 +290,15 @@ def find(name_or_path: str | os.PathLike) -> Path:
 def load(name_or_path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Recipe:
     path = find(name_or_path)
     source = str(path)
+    if path.is_dir():
+        raise RecipeError(f"{source}: is a folder, not a recipe .yaml file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         first = str(exc).replace("\n", " ")
         raise RecipeError(f"{source}: not valid YAML (safe loader): {first}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{source}: not a text file (not UTF-8), so not a YAML recipe") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the top level must be a mapping")
     data = _merge(Recipe().to_dict(), data)
