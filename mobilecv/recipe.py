@@ -307,7 +307,41 @@ def load(name_or_path: str | os.PathLike, overrides: typing.Sequence[str] = ()) 
         if not keys:
             raise InputError(f"--set {text!r}: empty key")
         _apply_override(data, keys, value, text)
-    return _decode_dataclass(Recipe, data, "", source)
+    recipe = _decode_dataclass(Recipe, data, "", source)
+    _check_ranges(recipe, source)
+    return recipe
+
+
+def _check_ranges(recipe: Recipe, source: str) -> None:
+    """Numbers out of range fail here, not in a step minutes later (or silently)."""
+    t, c = recipe.train, recipe.compress
+    # (key path, value, bound, whether the bound itself is excluded)
+    checks = [
+        ("seed", recipe.seed, 0, False),
+        ("data.limit", recipe.data.limit, 1, False),
+        ("data.test_limit", recipe.data.test_limit, 1, False),
+        ("train.epochs", t.epochs, 0, False),
+        ("train.batch_size", t.batch_size, 1, False),
+        ("train.learning_rate", t.learning_rate, 0, True),
+        ("compress.prune", c.prune, 0, True),
+        ("compress.cluster", c.cluster, 2, False),
+        ("compress.epochs", c.epochs, 1, False),
+        ("compress.learning_rate", c.learning_rate, 0, True),
+        ("evaluate.test_samples", recipe.evaluate.test_samples, 1, False),
+        ("evaluate.ensemble", recipe.evaluate.ensemble, 1, False),
+    ]
+    checks += [
+        (f"devices[{i}].max_latency_ms", d.max_latency_ms, 0, True)
+        for i, d in enumerate(recipe.devices)
+    ]
+    for where, value, bound, excluded in checks:
+        if value is not None and (value <= bound if excluded else value < bound):
+            need = f"> {bound}" if excluded else f">= {bound}"
+            raise RecipeError(f"{source}: {where}: must be {need}, got {value}")
+    if c.prune is not None and c.prune >= 1:
+        raise RecipeError(f"{source}: compress.prune: must be < 1 (a sparsity), got {c.prune}")
+    if not recipe.convert.modes:
+        raise RecipeError(f"{source}: convert.modes: give at least one mode")
 
 
 def dump(recipe: Recipe) -> str:
