@@ -331,7 +331,7 @@ def convert(
       two int64 zero points per channel (~24 B, ~7 B after gzip); on the 80%-pruned
       MobileNetV2 of benchmarks/compression.py that is a fifth of the gzip size
       (69 of 341 KB), at some cost in accuracy (0.24 points there).
-    progress: show a bar on stderr (a terminal) or one line when done (a file or pipe).
+    progress: show a bar on stderr when it is a terminal (nothing in a file or pipe).
     """
     start = time.perf_counter()
     mode = parse_choice(Quantize, quantize, "quantize")
@@ -381,8 +381,12 @@ def convert(
             _configure(conv, mode, io_type, calib, qat, use_sparse, per_channel)
             return _run_converter(conv)
 
-        # A live bar on a terminal; in a log or pipe, one line when the stages are done.
-        with Progress(f"tflite {mode.value}", 2 if verify else 1, "stage", enabled=progress) as bar:
+        # A live bar on a terminal only: in a log or pipe the caller's result line (the
+        # CLI's "mode int8 ..., 12.3 s") is the one line of this stage.
+        bar = Progress(
+            f"tflite {mode.value}", 2 if verify else 1, "stage", enabled=progress, summary=False
+        )
+        with bar:
             bar.note("converting")
             data = build(sparse)
             bar.update(note="converted")
