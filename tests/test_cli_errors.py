@@ -54,6 +54,7 @@ def workdir(tmp_path_factory) -> Path:
     (d / "list.yaml").write_text("- 1\n- 2\n")
     (d / "bin.yaml").write_bytes(b"\xff\xfe\x00binary")
     (d / "junk.npz").write_text("junk\n")
+    (d / "bad.keras").write_text("not a zip\n")
     np.savez(d / "mismatch.npz", x=np.zeros((5, 8, 8)), y=np.zeros(3))
     np.save(d / "arr.npy", np.zeros((3, 4), dtype=np.float32))
     (d / "imgs" / "cat").mkdir(parents=True)
@@ -69,10 +70,11 @@ def workdir(tmp_path_factory) -> Path:
     return d
 
 
-def _cli(args, cwd: Path):
+def _cli(args, cwd: Path, block_tf: bool = True):
     env = dict(os.environ)
     env.pop("MOBILECV_DEBUG", None)
-    env["PYTHONPATH"] = _blocking_tf(cwd, env)
+    if block_tf:
+        env["PYTHONPATH"] = _blocking_tf(cwd, env)
     return subprocess.run(
         [sys.executable, "-m", "mobilecv.cli", *args],
         cwd=cwd,
@@ -252,6 +254,26 @@ def test_bad_bench_input_for_a_real_model(workdir, args, code, message):
     if not (workdir / "sine.tflite").exists():
         pytest.skip("tflite-micro's sine_float.tflite is not installed")
     _check(_cli(args, workdir), code, message)
+
+
+# Mistakes only a builder or a Keras loader can see: these load TensorFlow (slow).
+WITH_TENSORFLOW = [
+    (["build", "resnet18", "-O", "shortcut=bad", "--width", "0.25", "--resolution", "32",
+      "-o", "x.keras"], 2, "shortcut must be 'projection' or 'pad'"),
+    (["build", "lenet5", "-O", "activation=swish", "-o", "x.keras"], 2, "activation must be one"),
+    (["build", "lenet5", "-O", "dims=4", "-o", "x.keras"], 2, "dims must be 1, 2 or 3"),
+    (["convert", "text.txt", "-o", "o.tflite"], 2, "text.txt: expected a .keras or .h5"),
+    (["train", "bad.keras", "--data", "digits", "-o", "t"], 2, "cannot load bad.keras"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "code", "message"), WITH_TENSORFLOW, ids=map(_case_id, WITH_TENSORFLOW)
+)
+def test_mistakes_found_by_the_builder_or_loader(workdir, args, code, message):
+    _check(_cli(args, workdir, block_tf=False), code, message)
+    assert not (workdir / "x.keras").exists() and not (workdir / "o.tflite").exists()
 
 
 def test_at_least_40_cases_across_every_command():
