@@ -47,6 +47,8 @@ def classify(exc: BaseException, debug: bool = False) -> tuple[int, str]:
         return FAILED, one_line(exc)
     if isinstance(exc, OSError):  # the file system: permission denied, disk full, ...
         return FAILED, _os_error_line(exc)
+    if isinstance(exc, MemoryError):  # the machine, not the code
+        return FAILED, f"out of memory ({one_line(exc)})"
     how = (
         "with the traceback above"
         if debug

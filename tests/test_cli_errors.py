@@ -321,6 +321,12 @@ def test_a_bug_is_an_internal_error_of_one_line(workdir, exc):
     assert "bug in mobilecv" in lines[0] and "--debug" in lines[0]
 
 
+def test_running_out_of_memory_is_a_failed_run_not_a_bug(workdir):
+    result = _patched_cli(workdir, _raising("MemoryError('cannot allocate 12 GiB')"), ["list"])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["Error: out of memory (cannot allocate 12 GiB)"]
+
+
 @pytest.mark.parametrize(
     ("args", "env"), [(["--debug", "list"], None), (["list"], {"MOBILECV_DEBUG": "1"})]
 )
