@@ -39,6 +39,7 @@ import numpy as np
 
 from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
 from mobilecv.errors import InputError, RunFailed, parse_choice
+from mobilecv.progress import Progress
 
 
 class Quantize(enum.StrEnum):
@@ -330,7 +331,7 @@ def convert(
       two int64 zero points per channel (~24 B, ~7 B after gzip); on the 80%-pruned
       MobileNetV2 of benchmarks/compression.py that is a fifth of the gzip size
       (69 of 341 KB), at some cost in accuracy (0.24 points there).
-    progress: show a tqdm bar on stderr (only when stderr is a terminal).
+    progress: show a bar on stderr when it is a terminal (nothing in a file or pipe).
     """
     start = time.perf_counter()
     mode = parse_choice(Quantize, quantize, "quantize")
@@ -380,26 +381,22 @@ def convert(
             _configure(conv, mode, io_type, calib, qat, use_sparse, per_channel)
             return _run_converter(conv)
 
-        from tqdm import tqdm
-
-        # disable=None: the bar only shows on a terminal, never in logs or pipes.
-        with tqdm(
-            total=2 if verify else 1,
-            desc=f"tflite {mode.value}",
-            unit="stage",
-            disable=None if progress else True,
-            leave=False,
-        ) as bar:
-            bar.set_postfix_str("converting")
+        # A live bar on a terminal only: in a log or pipe the caller's result line (the
+        # CLI's "mode int8 ..., 12.3 s") is the one line of this stage.
+        bar = Progress(
+            f"tflite {mode.value}", 2 if verify else 1, "stage", enabled=progress, summary=False
+        )
+        with bar:
+            bar.note("converting")
             data = build(sparse)
-            bar.update()
+            bar.update(note="converted")
             verification = None
             if verify:
-                bar.set_postfix_str("verifying in LiteRT")
+                bar.note("verifying in LiteRT")
                 data, verification, sparse = _verify_or_repair(
                     data, model, check, data_kind, mode, sparse, build, notes
                 )
-                bar.update()
+                bar.update(note="verified in LiteRT")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     notes.extend(_graph_notes(data, mode))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilecv.errors import InputError
+from mobilecv.fileio import load_numpy, read_image_rgb
 
 # name -> loader(count) returning up to `count` train-split images (N, H, W[, C]),
 # uint8 or float in [0, 1]. The data package registers its datasets here too.
@@ -92,7 +93,7 @@ def load_samples(
         if text in CALIBRATION_SOURCES:
             images = CALIBRATION_SOURCES[text](count)
         elif path.suffix == ".npy" and path.is_file():
-            images = _shuffled(np.load(path, allow_pickle=False))[:count]
+            images = _shuffled(load_numpy(path))[:count]
         elif path.suffix == ".npz" and path.is_file():
             images = _shuffled(_npz_images(path))[:count]
         elif path.is_dir():
@@ -113,7 +114,7 @@ def load_samples(
 
 
 def _npz_images(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
+    with load_numpy(path) as npz:
         for key in ("x_train", "x", "images", "train_images", "arr_0"):
             if key in npz.files:
                 return npz[key]
@@ -125,8 +126,6 @@ def _npz_images(path: Path) -> np.ndarray:
 
 
 def _folder_images(root: Path, count: int) -> np.ndarray:
-    from PIL import Image
-
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     files = [f for c in classes for f in sorted(c.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
     if not files:
@@ -134,10 +133,7 @@ def _folder_images(root: Path, count: int) -> np.ndarray:
     if not files:
         raise InputError(f"{root}: no images found (expected class/*.jpg)")
     order = np.random.default_rng(_SEED).permutation(len(files))[:count]
-    images = []
-    for i in order:
-        with Image.open(files[i]) as img:
-            images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    images = [read_image_rgb(files[i]) for i in order]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:  # mixed sizes: bring all to the first one before stacking
         h, w = images[0].shape[:2]

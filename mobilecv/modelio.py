@@ -7,7 +7,7 @@ import re
 import zipfile
 
 from mobilecv._tf import get_keras, silenced_stderr
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, MissingFile
 from mobilecv.fileio import atomic_path
 
 
@@ -34,7 +34,7 @@ def load_model(path: str | os.PathLike, keras: str | None = None):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFile(f"model file not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not a .keras or .h5 model file")
     if not path.endswith((".keras", ".h5", ".hdf5")):
@@ -74,10 +74,16 @@ def load_error_reason(exc: BaseException) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
-def save_model(model, path: str | os.PathLike, force: bool = False) -> None:
-    """Save atomically; the file suffix picks the format (.keras or .h5)."""
+def check_model_suffix(path: str | os.PathLike) -> str:
+    """`path` if it names a model file Keras can write (.keras or .h5), else an InputError."""
     path = os.fspath(path)
     if not path.endswith((".keras", ".h5")):
         raise InputError(f"{path}: the output must end in .keras or .h5")
+    return path
+
+
+def save_model(model, path: str | os.PathLike, force: bool = False) -> None:
+    """Save atomically; the file suffix picks the format (.keras or .h5)."""
+    path = check_model_suffix(path)
     with atomic_path(path, force) as tmp, silenced_stderr():
         model.save(str(tmp))

@@ -5,7 +5,8 @@ Every builder has the same keyword-only signature (DESIGN point 7)::
     builder(*, width, depth, resolution, classes, include_top, input_channels, keras, **family)
 
 ``build`` validates the common knobs, fills family defaults, and loads weights. A knob a
-family cannot honour raises ValueError naming it.
+family cannot honour raises InputError naming it; an unknown name, UnknownName
+(an InputError that is also a KeyError).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from mobilecv import scaling
+from mobilecv.errors import InputError, UnknownName
 
 COMMON_KNOBS = ("width", "depth", "resolution", "classes", "include_top", "input_channels", "keras")
 
@@ -80,7 +82,7 @@ def get(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else "; see `mobilecv list`"
-        raise KeyError(f"unknown model {name!r}{hint}")
+        raise UnknownName(f"unknown model {name!r}{hint}")
     return _REGISTRY[name]
 
 
@@ -99,14 +101,14 @@ def resolve(name: str, **knobs) -> dict:
         if knob in ("weights", "phi"):
             continue
         if knob not in COMMON_KNOBS and knob not in options:
-            raise ValueError(f"{name} does not accept {knob!r}")
+            raise InputError(f"{name} does not accept {knob!r}")
         if knob in COMMON_KNOBS and knob not in entry.supports:
-            raise ValueError(f"{name} cannot honour {knob!r}")
+            raise InputError(f"{name} cannot honour {knob!r}")
     phi = explicit.pop("phi", None)
     explicit.pop("weights", None)
     if phi is not None:
         if "phi" not in options:
-            raise ValueError(f"{name} does not accept 'phi' (only the generic efficientnet does)")
+            raise InputError(f"{name} does not accept 'phi' (only the generic efficientnet does)")
         compound = scaling.compound_scale(phi)
         explicit = {
             "width": compound.width,
@@ -130,9 +132,9 @@ def resolve(name: str, **knobs) -> dict:
         resolved["resolution"], entry.min_resolution, name
     )
     if int(resolved["classes"]) < 1:
-        raise ValueError(f"classes must be >= 1, got {resolved['classes']}")
+        raise InputError(f"classes must be >= 1, got {resolved['classes']}")
     if int(resolved["input_channels"]) < 1:
-        raise ValueError(f"input_channels must be >= 1, got {resolved['input_channels']}")
+        raise InputError(f"input_channels must be >= 1, got {resolved['input_channels']}")
     return resolved
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilecv.errors import InputError, RunFailed
+from mobilecv.errors import InputError, RunFailed, one_line
 from mobilecv.fileio import write_json, write_text
 from mobilecv.recipe import QuantMode, Recipe, Strategy, dump
 
@@ -86,10 +86,10 @@ class Run:
         start = time.perf_counter()
         try:
             outputs, summary = fn()
-        except (InputError, FileNotFoundError, KeyError, ValueError) as exc:
-            raise InputError(f"step '{name}' failed: {_first_line(exc)}") from exc
-        except Exception as exc:  # noqa: BLE001 - any failure becomes a failed step
-            raise RunFailed(f"step '{name}' failed: {_first_line(exc)}") from exc
+        except InputError as exc:
+            raise InputError(f"step '{name}' failed: {one_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - any other failure fails the step
+            raise RunFailed(f"step '{name}' failed: {_failure_line(exc)}") from exc
         record = StepRecord(key, outputs, round(time.perf_counter() - start, 2), summary)
         self.state[name] = record
         self.ran.append(name)
@@ -98,9 +98,12 @@ class Run:
         return summary
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+def _failure_line(exc: BaseException) -> str:
+    """The cause of a failed step; one that is not a known kind of failure may be a bug,
+    so its type is named (the chained traceback shows under `mobilecv --debug`)."""
+    if isinstance(exc, RunFailed | OSError):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _say(text: str, progress: bool) -> None:

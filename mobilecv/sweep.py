@@ -22,7 +22,6 @@ import io
 import math
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilecv.errors import InputError
+from mobilecv.progress import Progress
 
 CSV_NAME = "sweep.csv"
 JSON_NAME = "sweep.json"
@@ -440,20 +440,17 @@ def _run_all(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
     future with it; those points are retried one by one, each in a fresh one-worker
     pool, so only the point that really kills its process ends up as an error row.
     """
-    from tqdm import tqdm
-
     ctx = multiprocessing.get_context("spawn")
     workers = min(workers, len(tasks))
     tf_threads = max(1, (os.cpu_count() or 1) // workers)
     lock = ctx.Lock()
     rows: list[dict | None] = [None] * len(tasks)
     broken: list[int] = []
-    bar = tqdm(total=len(tasks), desc="sweep", unit="point", file=sys.stderr, disable=not progress)
+    bar = Progress("sweep", len(tasks), "point", enabled=progress, per_update=True)
 
     def done(i: int, row: dict) -> None:
         rows[i] = row
-        bar.update(1)
-        bar.set_postfix_str(f"{point_name(row)} {'error' if row['error'] else row['verdict']}")
+        bar.update(note=f"{point_name(row)} {'error' if row['error'] else row['verdict']}")
 
     with _pool(ctx, workers, lock, tf_threads) as pool:
         futures = {pool.submit(_run_point, task): i for i, task in enumerate(tasks)}

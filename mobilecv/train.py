@@ -24,6 +24,7 @@ import numpy as np
 from mobilecv._tf import get_keras, is_keras3_model, tf
 from mobilecv.data import ArrayData, Split, load_arrays, to_dataset
 from mobilecv.errors import InputError, parse_choice
+from mobilecv.progress import Progress
 
 HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
@@ -162,32 +163,30 @@ def apply_freeze(model, freeze: int | str | None) -> int:
 
 
 class TqdmProgress:
-    """A Keras callback drawing one tqdm bar per epoch on stderr (works for both Kerases)."""
+    """A Keras callback drawing one progress bar per epoch on stderr (works for both
+    Kerases); in a file or pipe only the one line per epoch is printed."""
 
     def __init__(
         self, keras_module, epochs: int, steps: int, enabled: bool = True, summary: bool = True
     ):
-        from tqdm.auto import tqdm
-
-        self._tqdm = tqdm
         base = keras_module.callbacks.Callback
         outer = self
 
         class _Callback(base):
             def on_epoch_begin(self, epoch, logs=None):
-                outer.bar = outer._tqdm(
-                    total=steps,
-                    desc=f"epoch {epoch + 1}/{epochs}",
-                    file=sys.stderr,
-                    leave=False,
-                    disable=not enabled,
+                outer.bar = Progress(
+                    f"epoch {epoch + 1}/{epochs}", steps, enabled=enabled, summary=False
                 )
 
             def on_train_batch_end(self, batch, logs=None):
                 outer.bar.update(1)
                 if logs and batch % 10 == 0:
-                    outer.bar.set_postfix(
-                        {k: f"{float(v):.3f}" for k, v in logs.items() if k in ("loss", "accuracy")}
+                    outer.bar.note(
+                        " ".join(
+                            f"{k}={float(v):.3f}"
+                            for k, v in logs.items()
+                            if k in ("loss", "accuracy")
+                        )
                     )
 
             def on_epoch_end(self, epoch, logs=None):

@@ -15,7 +15,13 @@ from mobilecv.bench import devices as _devices
 from mobilecv.bench import estimate as _estimate
 from mobilecv.bench.devices import Device, Runtime
 from mobilecv.bench.estimate import Verdict
-from mobilecv.bench.harness import RunConfig, load_result, measure, parse_benchmark_model
+from mobilecv.bench.harness import (
+    RunConfig,
+    check_inputs,
+    load_result,
+    measure,
+    parse_benchmark_model,
+)
 from mobilecv.errors import InputError, RunFailed
 from mobilecv.tflite_graph import Graph, load
 
@@ -77,6 +83,7 @@ def run(
     """
     graph = load(path)
     check_runnable(graph)
+    check_inputs(graph, inputs)
     dev = device if isinstance(device, Device) else _devices.get(device)
     if threads < 1:
         raise InputError(f"threads must be >= 1, got {threads}")

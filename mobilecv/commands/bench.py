@@ -9,14 +9,21 @@ import click
 
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
 
 def _cores(text: str | None) -> tuple[int, ...]:
     if not text:
         return ()
     try:
-        return tuple(int(c) for c in text.split(",") if c.strip())
+        cores = tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of core ids") from None
+        cores = (-1,)
+    if not cores or min(cores) < 0:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of core ids", param_hint="--cores"
+        )
+    return cores
 
 
 @click.command("bench")
@@ -28,14 +35,32 @@ def _cores(text: str | None) -> tuple[int, ...]:
     show_default=True,
     help="Device profile name (see `mobilecv devices`) or a profile .yaml.",
 )
-@click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
-@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (host only).")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed warm-up runs.")
-@click.option("--time-budget", type=float, default=None, help="Stop timing after S seconds.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Interpreter threads.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed runs (host only).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed warm-up runs.",
+)
+@click.option("--time-budget", type=POSITIVE, default=None, help="Stop timing after S seconds.")
 @click.option("--cores", default=None, help="CPU affinity for the measured run, e.g. 0 or 0,1.")
 @click.option(
     "--memory-limit-mb",
-    type=float,
+    type=POSITIVE,
     default=None,
     help="Address-space limit (RLIMIT_AS) for the measured child process.",
 )
@@ -45,7 +70,9 @@ def _cores(text: str | None) -> tuple[int, ...]:
     type=click.Path(exists=True, dir_okay=False),
     help=".npy file per model input (repeat in input order); default random.",
 )
-@click.option("--max-latency-ms", type=float, default=None, help="Latency budget for the verdict.")
+@click.option(
+    "--max-latency-ms", type=POSITIVE, default=None, help="Latency budget for the verdict."
+)
 @click.option(
     "--fail-if-not-fit",
     is_flag=True,
@@ -53,7 +80,7 @@ def _cores(text: str | None) -> tuple[int, ...]:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=POSITIVE,
     default=120.0,
     show_default=True,
     help="Kill a measured run after S seconds.",
@@ -79,12 +106,14 @@ def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limi
     """Will MODEL.tflite fit on DEVICE, and how fast is it? Measures on `host` (in a
     child process), runs TFLite Micro for MCU profiles, estimates the rest."""
     from mobilecv.bench import Verdict, from_import, load_result, run
+    from mobilecv.bench import devices as dev
     from mobilecv.errors import InputError
 
     if not models and not import_:
         raise click.UsageError("give at least one MODEL.tflite (or --import RESULT)")
     if import_ and len(models) > 1:
         raise InputError("--import merges one device result: give at most one model")
+    dev.get(device, calibrate=False)  # an unknown device fails before any model is read
     imported = load_result(import_) if import_ else None
     results = []
     if imported is not None and not models:

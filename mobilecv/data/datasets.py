@@ -19,6 +19,7 @@ import numpy as np
 
 from mobilecv._tf import tf
 from mobilecv.errors import InputError
+from mobilecv.fileio import load_numpy, read_image_rgb
 
 FASHION_MNIST_DIR = Path(
     os.environ.get("MOBILECV_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
@@ -91,7 +92,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _npz(path: Path):
-    with np.load(path) as archive:
+    with load_numpy(path) as archive:
         keys = set(archive.files)
         if not {"x", "y"} <= keys:
             raise InputError(
@@ -133,14 +134,13 @@ def _read_folder(root: Path, class_names: Sequence[str] | None = None):
             else []
         )
         for file in files:
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                # Images of mixed sizes are brought to the first one's size here; load()
-                # resizes to the model's resolution afterwards.
-                size = size or img.size
-                if img.size != size:
-                    img = img.resize(size)
-                images.append(np.asarray(img, dtype=np.uint8))
+            image = read_image_rgb(file)
+            # Images of mixed sizes are brought to the first one's size here; load()
+            # resizes to the model's resolution afterwards.
+            size = size or image.shape[1::-1]
+            if image.shape[1::-1] != size:
+                image = np.asarray(Image.fromarray(image).resize(size), dtype=np.uint8)
+            images.append(image)
             labels.append(index)
     if not images:
         raise InputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found in class folders")
