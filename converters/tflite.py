@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
+from mobilecv.converters.isolated import RuntimeRefused, Session
 from mobilecv.errors import InputError, RunFailed, parse_choice
 
 
@@ -215,8 +216,7 @@ def _require_finite_weights(model) -> None:
     if bad:
         raise RunFailed(
             f"the model has NaN/inf weights ({len(bad)} of {len(model.weights)} variables, "
-            f"first {bad[0]}): its training diverged; retrain it (a lower learning rate) "
-            "before converting"
+            f"first {bad[0]}): its training diverged; retrain it before converting"
         )
 
 
@@ -479,13 +479,11 @@ def convert(
         if sparse:
             notes.append(f"kernels are {sparsity:.0%} zeros: tried sparse weight encoding")
 
-    from mobilecv.converters import isolated
-
     workdir = Path(tempfile.mkdtemp(prefix="mobilecv-convert-"))
     try:
         # QAT models carry their ranges and float modes calibrate nothing: no rows then.
         rows = calib if needs_calibration else None
-        session = isolated.Session(workdir, notes)
+        session = Session(workdir, notes)
         backend = _conversion_backend(model, keras3, rows, session, notes)
 
         def build(use_sparse: bool) -> bytes:
@@ -571,8 +569,6 @@ NO_DELEGATES = "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
 
 def _verify_or_repair(data, model, check, data_kind, mode, sparse, build, notes, litert):
     """(bytes, Verification, sparse): `litert(data, inputs, resolver)` runs the bytes."""
-    from mobilecv.converters.isolated import RuntimeRefused
-
     try:
         return data, _verify(data, model, check, data_kind, DEFAULT_RUNTIME, litert), sparse
     except RuntimeRefused as exc:
@@ -680,8 +676,6 @@ def run_in_litert(data: bytes, inputs: list[np.ndarray], resolver: str) -> list[
     """Run `data` in LiteRT one row at a time: its float outputs, in the interpreter's
     output order. RuntimeRefused when LiteRT will not prepare or run it."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from mobilecv.converters.isolated import RuntimeRefused
 
     try:
         with silenced_stderr():  # "Created TensorFlow Lite XNNPACK delegate" goes to fd 2
