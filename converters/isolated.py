@@ -51,7 +51,7 @@ JOB = "job.json"
 CONVERTED = "converted.tflite"
 CHECKED = "checked.tflite"
 OUTPUTS = "outputs.npz"
-IDLE_SECONDS = 600
+IDLE_SECONDS = 300
 
 ABORT_HOOK_VAR = "MOBILECV_TEST_ABORT_CONVERTER"
 # Value of ABORT_HOOK_VAR -> when the worker aborts in a conversion: on every one, or
@@ -165,17 +165,36 @@ class _Worker:
         return json.loads(line)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()  # the worker exits at the end of its input
+        if self.proc.poll() is not None:
+            return
+        if self.jobs == 0:  # maybe still importing TensorFlow: do not wait for that
+            self.proc.kill()
+        else:
+            self.proc.stdin.close()  # an idle worker exits at the end of its input
             try:
                 self.proc.wait(timeout=10)
+                return
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+        self.proc.wait()
 
 
 _LOCK = threading.Lock()
 _worker: _Worker | None = None
+
+
+def start_worker() -> None:
+    """Start the worker now if none is up, so that its TensorFlow import overlaps the
+    caller's own work (export, calibration data) before the first job."""
+    with _LOCK:
+        _live_worker()
+
+
+def _live_worker() -> _Worker:
+    global _worker
+    if _worker is None or _worker.owner != os.getpid() or _worker.proc.poll() is not None:
+        _worker = _Worker()
+    return _worker
 
 
 def _run_job(job_dir: Path) -> tuple[dict | None, int, bool]:
@@ -183,9 +202,7 @@ def _run_job(job_dir: Path) -> tuple[dict | None, int, bool]:
     a job before)."""
     global _worker
     for _ in range(2):  # a worker that has just idled out is replaced once
-        if _worker is None or _worker.owner != os.getpid() or _worker.proc.poll() is not None:
-            _worker = _Worker()
-        worker = _worker
+        worker = _live_worker()
         had_worked = worker.jobs > 0
         reply = worker.run(job_dir)
         if reply is not None:
@@ -194,6 +211,16 @@ def _run_job(job_dir: Path) -> tuple[dict | None, int, bool]:
         if worker.proc.returncode != 0:  # 0: it idled out just before the job came
             return None, worker.proc.returncode, had_worked
     return None, 0, False
+
+
+def stop_worker() -> None:
+    """Stop the worker now, releasing the TensorFlow runtime it holds; the next job
+    starts a fresh one."""
+    global _worker
+    with _LOCK:
+        if _worker is not None and _worker.owner == os.getpid():
+            _worker.close()
+        _worker = None
 
 
 @atexit.register

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
-from mobilecv.converters.isolated import RuntimeRefused, Session
+from mobilecv.converters.isolated import RuntimeRefused, Session, start_worker
 from mobilecv.errors import InputError, RunFailed, parse_choice
 
 
@@ -459,6 +459,7 @@ def convert(
     start = time.perf_counter()
     qat = _is_qat(model)
     mode, io_type = check_request(quantize, io, calibration, samples, per_channel, qat)
+    start_worker()  # its TensorFlow import overlaps the export and calibration below
     needs_calibration = mode in (Quantize.INT8, Quantize.INT16X8) and not qat
     notes: list[str] = []
     if _has_pruning_wrappers(model):

@@ -73,6 +73,7 @@ def test_nan_weights_are_refused_before_conversion():
         convert(model, "int8", calibration="digits", samples=8, verify_samples=4)
 
 
+@pytest.mark.slow  # a real crash, so a fresh worker after it; the abort hook covers the mechanism
 def test_litert_crash_on_nan_scales_is_isolated(monkeypatch):
     """The real crash behind the 'converter segfault' on a diverged QAT EfficientNet:
     LiteRT's allocate_tensors() on NaN quantisation ranges. With the NaN check bypassed

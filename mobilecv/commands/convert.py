@@ -91,6 +91,7 @@ def convert(
 ):
     """Convert MODEL (a .keras/.h5 file or a registered model name) to TFLite,
     then run it in LiteRT against Keras and report the agreement."""
+    from mobilecv.converters.isolated import start_worker
     from mobilecv.converters.tflite import check_request, model_is_qat, resolve_model
     from mobilecv.converters.tflite import convert as convert_model
     from mobilecv.fileio import check_writable
@@ -104,6 +105,7 @@ def convert(
         check_writable(output, force)  # fail before minutes of conversion, not after
     if fmt == "c" and sparse is None:
         sparse = False  # TFLite Micro has no DENSIFY kernel for sparse-encoded weights
+    start_worker()  # the converter's process imports TensorFlow while this one loads the model
     keras_model = resolve_model(model)
     result = convert_model(
         keras_model,
