@@ -353,6 +353,31 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
+def _train_as_recipe(p: Pipeline, model, splits, epochs: int, **changes):
+    """`train` with the recipe's training settings; `changes` replaces some (e.g. the
+    pretrain stage's batch_size, learning_rate and augment) or adds freeze/cache options."""
+    from mobilecv.data.augment import from_names
+    from mobilecv.train import train
+
+    t = p.recipe.train
+    settings = {
+        "batch_size": t.batch_size,
+        "learning_rate": t.learning_rate,
+        "augment": t.augment,
+        **changes,
+    }
+    settings["augment"] = from_names(list(settings["augment"]), splits.train.x)
+    return train(
+        model,
+        splits,
+        epochs,
+        optimizer=t.optimizer.value,
+        schedule=t.schedule.value,
+        progress=p.progress,
+        **settings,
+    )
+
+
 def _convert_one(model, mode: QuantMode, recipe: Recipe, calibration):
     """The convert step's conversion of one model (also used for ensemble members)."""
     from mobilecv.converters.tflite import convert
@@ -377,22 +402,18 @@ def _pretrain_step(p: Pipeline) -> None:
     dataset = pre.dataset or recipe.data.dataset
 
     def pretrain():
-        from mobilecv.data.augment import from_names
         from mobilecv.modelio import save_model
-        from mobilecv.train import load_splits, train
+        from mobilecv.train import load_splits
 
         splits = load_splits(dataset, limit=pre.limit, classes=pre.classes)
-        model = _build_model(recipe, classes=splits.train.classes)
-        model, report = train(
-            model,
+        model, report = _train_as_recipe(
+            p,
+            _build_model(recipe, classes=splits.train.classes),
             splits,
             pre.epochs,
             batch_size=pre.batch_size,
             learning_rate=pre.learning_rate,
-            optimizer=recipe.train.optimizer.value,
-            schedule=recipe.train.schedule.value,
-            augment=from_names(list(pre.augment), splits.train.x),
-            progress=p.progress,
+            augment=pre.augment,
         )
         save_model(model, p.out / "pretrained.keras", force=True)
         summary = {**report.to_dict(), "classes": list(pre.classes) or "all"}
@@ -446,9 +467,8 @@ def _train_step(p: Pipeline) -> None:
 
 
 def _train_members(p: Pipeline) -> tuple[list[str], dict]:
-    from mobilecv.data.augment import from_names
     from mobilecv.modelio import save_model
-    from mobilecv.train import set_seed, train
+    from mobilecv.train import set_seed
 
     recipe, t = p.recipe, p.recipe.train
     splits = _train_splits(recipe)
@@ -458,19 +478,14 @@ def _train_members(p: Pipeline) -> tuple[list[str], dict]:
         with p.cluster.scope():
             model = _load(p.current)
             p.cluster.broadcast_weights(model)
-            model, report = train(
+            model, report = _train_as_recipe(
+                p,
                 model,
                 splits,
                 t.epochs,
-                batch_size=t.batch_size,
-                learning_rate=t.learning_rate,
-                optimizer=t.optimizer.value,
-                schedule=t.schedule.value,
                 freeze=_freeze(t.freeze),
                 cache_features=t.cache_features,
                 cache_dir=p.out / "features" if t.cache_features else None,
-                augment=from_names(list(t.augment), splits.train.x),
-                progress=p.progress,
             )
         # Every worker saves (reading mirrored BatchNorm statistics is collective).
         digest = weights_digest(model)
@@ -491,22 +506,10 @@ def _compare_step(p: Pipeline) -> None:
     trained = p.current
 
     def compare():
-        from mobilecv.data.augment import from_names
         from mobilecv.modelio import save_model
-        from mobilecv.train import train
 
         splits = _train_splits(recipe)
-        scratch, report = train(
-            _build_model(recipe),
-            splits,
-            t.epochs,
-            batch_size=t.batch_size,
-            learning_rate=t.learning_rate,
-            optimizer=t.optimizer.value,
-            schedule=t.schedule.value,
-            augment=from_names(list(t.augment), splits.train.x),
-            progress=p.progress,
-        )
+        scratch, report = _train_as_recipe(p, _build_model(recipe), splits, t.epochs)
         save_model(scratch, p.out / "scratch.keras", force=True)
         transferred = _load(trained)
         x, y = _test_arrays(recipe, transferred.input_shape)

@@ -50,8 +50,6 @@ class TrainReport:
     epochs: int
     batch_size: int
     learning_rate: float
-    optimizer: str
-    schedule: str
     train_samples: int
     val_samples: int
     frozen_layers: int
@@ -63,6 +61,8 @@ class TrainReport:
     val_loss: float | None = None
     test_accuracy: float | None = None
     feature_cache: str | None = None
+    optimizer: str | None = None  # None in reports written before these were recorded
+    schedule: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,12 +77,8 @@ def set_seed(seed: int) -> None:
     tf_keras draws unseeded initializer seeds from its own Python generator, Keras 3 from
     its global SeedGenerator; each Keras's `set_random_seed` seeds those and TF's.
     """
-    import tf_keras
-
-    from mobilecv._tf import get_keras
-
-    tf_keras.utils.set_random_seed(seed)
-    get_keras("keras3").utils.set_random_seed(seed)
+    for keras in ("tf_keras", "keras3"):
+        get_keras(keras).utils.set_random_seed(seed)
 
 
 def model_input_spec(model) -> tuple[tuple[int, int], int]:

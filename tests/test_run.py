@@ -230,6 +230,29 @@ def test_small_run_of_every_shipped_recipe(name, tmp_path):
             CliRunner().invoke(main, ["inspect", str(out / "model_int8.tflite"), "--json"]).output
         )
         assert not inspect["float_ops"], inspect["float_ops"]
+    if loaded.pretrain.epochs:
+        _assert_the_trunk_was_transferred(out, json.loads(proc.stdout))
+        assert "## Transfer learning" in report
     if name == "mobilenet_v1_mcu":
         bench = json.loads((out / "bench_stm32f746.json").read_text())
         assert "arena_bytes" in bench["measured"], bench.get("reasons")
+
+
+def _assert_the_trunk_was_transferred(out, summary):
+    from mobilecv.modelio import load_model
+    from mobilecv.train import head_start
+
+    pretrained, built, trained = (
+        load_model(out / name) for name in ("pretrained.keras", "model.keras", "trained.keras")
+    )
+    trunk = [layer for layer in built.layers[: head_start(built)] if layer.weights]
+    assert trunk
+    for layer in trunk:  # moved in by name, then frozen
+        source = pretrained.get_layer(layer.name).get_weights()
+        assert _same(layer.get_weights(), source), layer.name
+        assert _same(trained.get_layer(layer.name).get_weights(), source), layer.name
+    assert built.output_shape[-1] == len(recipes.load(out / "recipe.resolved.yaml").data.classes)
+    compare = summary["compare"]
+    assert compare == json.loads((out / "compare.json").read_text())
+    assert compare["test_samples"] > 0 and compare["train_samples"] > 0
+    assert {"transfer_top1", "scratch_top1"} <= set(compare)
