@@ -75,10 +75,13 @@ def set_seed(seed: int) -> None:
     """Seed Python, NumPy, TensorFlow and both Kerases (each keeps its own generator).
 
     tf_keras draws unseeded initializer seeds from its own Python generator, Keras 3 from
-    its global SeedGenerator; each Keras's `set_random_seed` seeds those and TF's.
+    a global SeedGenerator; each Keras's `set_random_seed` resets its own and seeds the
+    rest. A Keras 3 not imported yet needs nothing (importing it costs seconds): its
+    generator will be made from Python's `random`, seeded here.
     """
-    for keras in ("tf_keras", "keras3"):
-        get_keras(keras).utils.set_random_seed(seed)
+    get_keras("tf_keras").utils.set_random_seed(seed)
+    if "keras" in sys.modules:
+        get_keras("keras3").utils.set_random_seed(seed)
 
 
 def model_input_spec(model) -> tuple[tuple[int, int], int]:
