@@ -40,7 +40,8 @@ def run_command(recipe_name, out_dir, overrides, dry_run, as_json) -> None:
             click.echo(f"  {step['step']:<9} {state}")
         click.echo(recipes.dump(loaded).rstrip())
     elif not summary["chief"]:
-        click.echo(f"{summary['task']}: trained with the cluster; the chief writes the artefacts")
+        did = "trained with the cluster" if "train" in summary["ran"] else "nothing to train"
+        click.echo(f"{summary['task']}: {did}; the chief writes the artefacts")
     else:
         ran = ", ".join(summary["ran"]) or "nothing"
         skipped = ", ".join(summary["skipped"]) or "nothing"
