@@ -697,7 +697,7 @@ def _validate_training(recipe: Recipe) -> None:
                 "(the cached head trains on one machine): use default or mirrored"
             )
     if e.ensemble < 1:
-        raise InputError(f"evaluate.ensemble must be at least 1, got {e.ensemble}")
+        raise InputError(f"evaluate.ensemble: must be >= 1, got {e.ensemble}")
     if e.ensemble > 1 and t.epochs < 1:
         raise InputError("evaluate.ensemble averages trained members: set train.epochs")
     if e.ensemble > 1 and _compresses(recipe):
@@ -725,7 +725,7 @@ def _validate_pretrain(recipe: Recipe) -> None:
 
     pre = recipe.pretrain
     if pre.epochs < 0:
-        raise InputError(f"pretrain.epochs must be >= 0, got {pre.epochs}")
+        raise InputError(f"pretrain.epochs: must be >= 0, got {pre.epochs}")
     if pre.epochs == 0:
         unused = [k for k in ("dataset", "classes", "limit", "augment") if getattr(pre, k)]
         if unused:
@@ -733,6 +733,11 @@ def _validate_pretrain(recipe: Recipe) -> None:
                 f"pretrain.{unused[0]} is set but pretrain.epochs is 0, so nothing is pretrained"
             )
         return
+    for where, value, low in (("batch_size", pre.batch_size, 1), ("limit", pre.limit, 1)):
+        if value is not None and value < low:
+            raise InputError(f"pretrain.{where}: must be >= {low}, got {value}")
+    if pre.learning_rate <= 0:
+        raise InputError(f"pretrain.learning_rate: must be > 0, got {pre.learning_rate}")
     if len(set(pre.classes)) != len(pre.classes) or min(pre.classes, default=0) < 0:
         raise InputError(f"pretrain.classes {list(pre.classes)}: distinct numbers >= 0 expected")
     if recipe.model.weights:
