@@ -22,14 +22,9 @@ import yaml
 
 from mobilecv.compress.prune import Allocation, PrunePolicy
 from mobilecv.converters.tflite import Quantize as QuantMode
+from mobilecv.distribute import Strategy
 from mobilecv.errors import InputError, MissingFile
 from mobilecv.train import Optimizer, Schedule
-
-
-class Strategy(enum.StrEnum):
-    DEFAULT = "default"
-    MIRRORED = "mirrored"
-    MULTI_WORKER = "multi_worker"
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,25 @@ class ModelSpec:
 class DataSpec:
     dataset: str = "fashion_mnist"
     limit: int | None = None  # use only the first N training images (small CI runs)
-    test_limit: int | None = None
+    # Keep only these classes, relabelled 0..n-1 in this order (train, calibration, test).
+    classes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A first stage training the same network on other classes, whose trunk the model
+    then starts from (moved by layer name; the head is new). Off while epochs is 0."""
+
+    epochs: int = 0
+    dataset: str | None = None  # default: data.dataset
+    classes: tuple[int, ...] = ()  # relabelled 0..n-1; empty: every class of the dataset
+    limit: int | None = None
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    augment: tuple[str, ...] = ()  # optimizer and schedule: those of train
+    # A `compare` step: the same network trained from scratch on the same images, with
+    # the same epochs and settings as `train`, against the transferred model.
+    compare_scratch: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,7 @@ class Recipe:
     description: str = ""
     seed: int = 0
     model: ModelSpec = field(default_factory=ModelSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     compress: CompressSpec = field(default_factory=CompressSpec)
@@ -319,7 +333,10 @@ def _check_ranges(recipe: Recipe, source: str) -> None:
     checks = [
         ("seed", recipe.seed, 0, False),
         ("data.limit", recipe.data.limit, 1, False),
-        ("data.test_limit", recipe.data.test_limit, 1, False),
+        ("pretrain.epochs", recipe.pretrain.epochs, 0, False),
+        ("pretrain.limit", recipe.pretrain.limit, 1, False),
+        ("pretrain.batch_size", recipe.pretrain.batch_size, 1, False),
+        ("pretrain.learning_rate", recipe.pretrain.learning_rate, 0, True),
         ("train.epochs", t.epochs, 0, False),
         ("train.batch_size", t.batch_size, 1, False),
         ("train.learning_rate", t.learning_rate, 0, True),

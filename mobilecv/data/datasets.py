@@ -266,7 +266,9 @@ def to_dataset(
         num_parallel_calls=T.data.AUTOTUNE,
     )
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=T.data.AUTOTUNE)
+        # One call at a time: the augmentations draw from stateful random ops, and parallel
+        # calls would take the draws in a racy order, so a seeded run would not repeat.
+        ds = ds.map(lambda x, y: (augment(x), y))
     return ds.batch(batch_size).prefetch(T.data.AUTOTUNE)
 
 
