@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
+from mobilecv.modelinfo import InputRange
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -41,6 +42,12 @@ def scaling_options(fn):
         ),
         click.option("--classes", type=int, help="Number of classes (default 1000)."),
         click.option("--input-channels", type=int, help="Input channels, e.g. 1 for grayscale."),
+        click.option(
+            "--input-range",
+            type=click.Choice([r.value for r in InputRange]),
+            help="Input range the model declares and is fed: unit [0, 1] (default), "
+            "pixels [0, 255], symmetric [-1, 1].",
+        ),
         click.option("--dropout", type=float, help="Dropout before the classifier."),
         click.option("--no-top", is_flag=True, help="Drop the classifier head."),
         click.option(

@@ -23,6 +23,7 @@ import yaml
 from mobilecv.compress.prune import Allocation, PrunePolicy
 from mobilecv.converters.tflite import Quantize as QuantMode
 from mobilecv.errors import InputError
+from mobilecv.modelinfo import InputRange
 from mobilecv.train import Optimizer, Schedule
 
 
@@ -40,6 +41,7 @@ class ModelSpec:
     resolution: int | None = None
     classes: int | None = None
     input_channels: int | None = None
+    input_range: InputRange | None = None  # unit | pixels | symmetric; None: the default (unit)
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
 
