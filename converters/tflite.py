@@ -39,6 +39,7 @@ import numpy as np
 
 from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
 from mobilecv.errors import InputError, RunFailed, parse_choice
+from mobilecv.modelinfo import add_to_tflite, carry, get_info, map_range, range_name
 
 
 class Quantize(enum.StrEnum):
@@ -212,18 +213,21 @@ def _input_shapes(model) -> list[tuple[int, ...]]:
 def _samples(
     calibration, model, count: int, holdout: int, notes: list[str]
 ) -> tuple[np.ndarray | None, np.ndarray, str]:
-    """(calibration rows, verification rows, where the verification rows came from)."""
-    from mobilecv.calibration import load_samples
+    """(calibration rows, verification rows, where the verification rows came from).
+
+    Image rows are mapped to the input range the model declares (mobilecv.modelinfo).
+    """
+    from mobilecv.calibration import cover_range, load_samples
 
     shapes = _input_shapes(model)
+    input_range = get_info(model).input_range
     if calibration is None or len(shapes) != 1:
         if calibration is not None:
             raise InputError("calibration data is supported for single-input models only")
-        rng = np.random.default_rng(0)
-        check = rng.random((holdout, *shapes[0]), dtype=np.float32) if len(shapes) == 1 else None
+        check = _random_rows(holdout, shapes[0], input_range) if len(shapes) == 1 else None
         return None, check, "random"
     if len(shapes[0]) == 3:
-        rows = load_samples(calibration, count + holdout, shapes[0])
+        rows = load_samples(calibration, count + holdout, shapes[0], input_range)
     elif isinstance(calibration, np.ndarray) and calibration.shape[1:] == shapes[0]:
         # A non-image input (a dense layer's vector): rows already shaped like it.
         rows = calibration[: count + holdout].astype(np.float32)
@@ -232,12 +236,19 @@ def _samples(
             f"calibration needs an image input (H, W, C) or an array of rows shaped like the "
             f"input; the model takes {shapes[0]}"
         )
+    calib = cover_range(rows[:count], input_range) if len(shapes[0]) == 3 else rows[:count]
     if len(rows) > count:
-        return rows[:count], rows[count:], "held-out"
+        return calib, rows[count:], "held-out"
     notes.append(
         f"only {len(rows)} samples available: no held-out rows left, verified on calibration samples"
     )
-    return rows, rows[:holdout], "calibration"
+    return calib, rows[:holdout], "calibration"
+
+
+def _random_rows(n: int, shape, input_range: tuple[float, float]) -> np.ndarray:
+    """Uniform random rows over the model's declared input range."""
+    unit = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+    return map_range(unit, input_range, peak=1.0).astype(np.float32)
 
 
 def _make_converter(model, keras3: bool, workdir: Path):
@@ -338,6 +349,7 @@ def convert(
         raise InputError(f"samples must be >= 1, got {samples}")
     io_type = _resolve_io(mode, io)
     notes: list[str] = []
+    info = get_info(model)  # written into the .tflite as its "mobilecv" metadata
     qat = _is_qat(model)
     if qat and mode not in (Quantize.INT8, Quantize.NONE):
         raise InputError(
@@ -352,7 +364,7 @@ def convert(
     if _has_pruning_wrappers(model):
         import tensorflow_model_optimization as tfmot
 
-        model = tfmot.sparsity.keras.strip_pruning(model)
+        model = carry(model, tfmot.sparsity.keras.strip_pruning(model))
         notes.append("stripped pruning wrappers before conversion")
     keras3 = is_keras3_model(model)
     needs_calibration = mode in (Quantize.INT8, Quantize.INT16X8) and not qat
@@ -364,7 +376,10 @@ def convert(
         calibration, model, samples, verify_samples if verify else 0, notes
     )
     if data_kind == "random" and verify:
-        notes.append("no calibration data given: verified on uniform random inputs in [0, 1]")
+        notes.append(
+            "no calibration data given: verified on uniform random inputs over the declared "
+            f"input range ({range_name(info.input_range)})"
+        )
     if sparse is None:
         sparsity = kernel_sparsity(model)
         sparse = sparsity >= SPARSE_THRESHOLD
@@ -402,6 +417,7 @@ def convert(
                 bar.update()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    data = add_to_tflite(data, info)
     notes.extend(_graph_notes(data, mode))
     return ConversionResult(
         tflite=data,
@@ -510,11 +526,9 @@ def _verify(data: bytes, model, check: np.ndarray | None, data_kind: str, resolv
     in_details = interp.get_input_details()
     out_details = interp.get_output_details()
     if check is None:  # multi-input model: random inputs per input tensor
-        rng = np.random.default_rng(0)
+        input_range = get_info(model).input_range
         inputs = [
-            rng.random(
-                (DEFAULT_VERIFY_SAMPLES, *(int(d) for d in det["shape"][1:])), dtype=np.float32
-            )
+            _random_rows(DEFAULT_VERIFY_SAMPLES, [int(d) for d in det["shape"][1:]], input_range)
             for det in in_details
         ]
     else:

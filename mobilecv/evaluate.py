@@ -19,10 +19,16 @@ from mobilecv._tf import silenced_stderr
 
 
 class TfliteModel:
-    """A LiteRT interpreter with float-in, float-out batch prediction."""
+    """A LiteRT interpreter with float-in, float-out batch prediction.
+
+    `info` is the model's mobilecv metadata (its declared input range; the default
+    [0, 1] when the file has none): `predict` takes inputs already in that range.
+    """
 
     def __init__(self, model: bytes | str | os.PathLike, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
+
+        from mobilecv.modelinfo import ModelInfo, read_info
 
         kwargs = (
             {"model_content": model}
@@ -34,6 +40,7 @@ class TfliteModel:
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.info = read_info(model) or ModelInfo()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -88,7 +95,8 @@ def test_time_techniques(
 ) -> list[dict]:
     """Single-crop, 10-crop and ensemble accuracy with their latency cost, on one split.
 
-    ``x`` holds images at the model's resolution (float, already scaled as for training).
+    ``x`` holds images at the model's resolution, in its declared input range
+    (`mobilecv.data.datasets.model_inputs`).
     """
     first = models[0]
     size = first.input_shape[1]

@@ -136,6 +136,7 @@ def _model_knobs(recipe: Recipe) -> dict:
         "resolution": spec.resolution,
         "classes": spec.classes,
         "input_channels": spec.input_channels,
+        "input_range": spec.input_range,
         **spec.options,
     }
     return {k: v for k, v in knobs.items() if v is not None}
@@ -169,13 +170,13 @@ def _plot_history(history: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _test_arrays(recipe: Recipe, input_shape) -> tuple[np.ndarray, np.ndarray]:
+def _test_arrays(recipe: Recipe, model) -> tuple[np.ndarray, np.ndarray]:
+    """The test split as `model` takes it (its size, channels and declared input range)."""
     from mobilecv.data import Split, load_arrays
-    from mobilecv.data.datasets import prepare_images
+    from mobilecv.data.datasets import model_inputs
 
     data = load_arrays(recipe.data.dataset, Split.TEST, limit=recipe.evaluate.test_samples)
-    x = prepare_images(data.x, (input_shape[1], input_shape[2]), input_shape[3], 1.0 / 255.0)
-    return np.asarray(x, dtype=np.float32), np.asarray(data.y)
+    return model_inputs(data.x, model), np.asarray(data.y)
 
 
 def _load(path: Path):
@@ -322,7 +323,7 @@ def run(
         from mobilecv.evaluate import TfliteModel, test_time_techniques, top1
 
         model = _load(current)
-        x, y = _test_arrays(recipe, model.input_shape)
+        x, y = _test_arrays(recipe, model)
         keras_probs = np.concatenate(
             [np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)]
         )
