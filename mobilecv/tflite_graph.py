@@ -150,7 +150,7 @@ class Graph:
     version: int
     description: str
     subgraphs: tuple[Subgraph, ...]
-    weight_bytes: int  # every non-empty buffer once (buffers can be shared by tensors)
+    weight_bytes: int  # every non-empty buffer once (shared by tensors), metadata excluded
     buffers: tuple[np.ndarray | None, ...] = field(default=(), repr=False, compare=False)
     # Named metadata entries (name -> payload): the converter's own, and mobilecv's
     # "mobilecv" entry (see mobilecv.modelinfo).
@@ -406,7 +406,7 @@ def _parse(data: bytes, name: str) -> Graph:
         sg_name = (sg.Name() or b"").decode(errors="replace")
         subgraphs.append(Subgraph(s, sg_name, tuple(tensors), tuple(ops), inputs, outputs))
 
-    metadata = {}
+    metadata, metadata_buffers = {}, set()
     for m in range(count(model.MetadataLength(), "metadata")):
         entry = model.Metadata(m)
         if entry.Buffer() >= len(buffers):
@@ -414,6 +414,7 @@ def _parse(data: bytes, name: str) -> Graph:
         payload = buffers[entry.Buffer()]
         key = (entry.Name() or b"").decode(errors="replace")
         metadata[key] = b"" if payload is None else payload.tobytes()
+        metadata_buffers.add(entry.Buffer())
 
     return Graph(
         path=name,
@@ -421,7 +422,9 @@ def _parse(data: bytes, name: str) -> Graph:
         version=int(model.Version()),
         description=(model.Description() or b"").decode(errors="replace"),
         subgraphs=tuple(subgraphs),
-        weight_bytes=sum(b.size for b in buffers if b is not None),
+        weight_bytes=sum(
+            b.size for i, b in enumerate(buffers) if b is not None and i not in metadata_buffers
+        ),
         buffers=tuple(buffers),
         metadata=metadata,
     )
