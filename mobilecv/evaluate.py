@@ -59,6 +59,31 @@ class TfliteModel:
         return np.concatenate(out)
 
 
+def stem_input_levels(model: bytes, x: np.ndarray) -> int:
+    """Distinct int8 values the input of the first CONV_2D (the stem) takes over `x`
+    (rows already in the model's input range): how much of the image survives int8."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from mobilecv.converters.tflite import quantize_input
+    from mobilecv.tflite_graph import load
+
+    stem = next(op for op in load(model).ops if op.opcode == "CONV_2D")
+    with silenced_stderr():
+        interp = Interpreter(
+            model_content=model,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_preserve_all_tensors=True,  # keeps the intermediate tensors readable
+        )
+        interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    levels: set[int] = set()
+    for row in x:
+        interp.set_tensor(detail["index"], quantize_input(row[None], detail))
+        interp.invoke()
+        levels.update(np.unique(interp.get_tensor(stem.inputs[0])).tolist())
+    return len(levels)
+
+
 def top1(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=1) == labels))
 
