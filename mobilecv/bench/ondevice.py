@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import mmap
 import os
 import platform
 import resource
@@ -67,23 +68,32 @@ def _peak_rss_kb() -> float:
 
 def declared_input_range(model: str, entry_name: bytes = b"mobilecv") -> tuple | None:
     """(lo, hi) from the model's metadata entry `entry_name` (mobilecv's model info), or
-    None (no entry, or no schema: tflite_runtime does not ship one)."""
+    None (no entry, or no schema: tflite_runtime does not ship one).
+
+    The file is memory-mapped, so only the pages holding the metadata are read: the
+    measured peak RSS stays the runtime's own."""
     try:
         from ai_edge_litert import schema_py_generated as fb
     except ImportError:
         return None
-    with open(model, "rb") as fh:
-        data = fh.read()
     try:
-        root = fb.Model.GetRootAs(data, 0)
-        for i in range(root.MetadataLength()):
-            entry = root.Metadata(i)
-            if entry.Name() == entry_name:
-                payload = root.Buffers(entry.Buffer()).DataAsNumpy()
-                lo, hi = json.loads(bytes(payload))["input_range"]
-                return float(lo), float(hi)
-    except Exception:  # noqa: BLE001 - a damaged entry: the flag or the default decides
+        with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            payload = _metadata_entry(fb, mm, entry_name)
+        if payload is None:
+            return None
+        lo, hi = json.loads(payload)["input_range"]
+        return float(lo), float(hi)
+    except Exception:  # noqa: BLE001 - not a model, or a damaged entry: the flag or default decides
         return None
+
+
+def _metadata_entry(fb, data, name: bytes) -> bytes | None:
+    """A copy of one metadata entry's payload (no view of `data` outlives the call)."""
+    root = fb.Model.GetRootAs(data, 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if entry.Name() == name:
+            return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
     return None
 
 
@@ -176,6 +186,8 @@ def measure(
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import numpy as np
 
+    # Before the runtime starts, so that reading the metadata is not part of its memory.
+    drawn_in, range_source = (None, "inputs") if inputs else input_range_for(model, input_range)
     interpreter_cls, runtime = _interpreter_class()
     rss_before = _rss_kb() or _peak_rss_kb()
 
@@ -198,10 +210,8 @@ def measure(
             if tuple(arr.shape) != tuple(d["shape"]):
                 arr = arr.reshape(d["shape"])  # e.g. a sample without its batch axis
             data.append(arr.astype(d["dtype"], copy=False))
-        drawn_in, range_source = None, "inputs"
     else:
         rng = np.random.default_rng(seed)
-        drawn_in, range_source = input_range_for(model, input_range)
         data = [random_input(d, rng, drawn_in) for d in details]
     for d, arr in zip(details, data, strict=True):
         interp.set_tensor(d["index"], arr)
