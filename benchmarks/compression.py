@@ -189,7 +189,7 @@ def fresh_from(weights, **overrides):
 def test_images(test, resolution: int, channels: int) -> np.ndarray:
     from mobilecv.data.datasets import prepare_images
 
-    return prepare_images(test.x, resolution, channels, 1.0 / 255.0).numpy()
+    return prepare_images(test.x, resolution, channels).numpy()
 
 
 def tflite_top1(data: bytes, x: np.ndarray, y: np.ndarray, desc: str) -> float:

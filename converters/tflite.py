@@ -48,6 +48,7 @@ from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
 from mobilecv.converters.isolated import RuntimeRefused, Session, start_worker
 from mobilecv.errors import InputError, RunFailed, parse_choice
 from mobilecv.progress import Progress
+from mobilecv.modelinfo import add_to_tflite, carry, get_info, map_range, range_name
 
 
 class Quantize(enum.StrEnum):
@@ -249,18 +250,21 @@ def _input_shapes(model) -> list[tuple[int, ...]]:
 def _samples(
     calibration, model, count: int, holdout: int, notes: list[str]
 ) -> tuple[np.ndarray | None, np.ndarray, str]:
-    """(calibration rows, verification rows, where the verification rows came from)."""
-    from mobilecv.calibration import load_samples
+    """(calibration rows, verification rows, where the verification rows came from).
+
+    Image rows are mapped to the input range the model declares (mobilecv.modelinfo).
+    """
+    from mobilecv.calibration import cover_range, load_samples
 
     shapes = _input_shapes(model)
+    input_range = get_info(model).input_range
     if calibration is None or len(shapes) != 1:
         if calibration is not None:
             raise InputError("calibration data is supported for single-input models only")
-        rng = np.random.default_rng(0)
-        check = rng.random((holdout, *shapes[0]), dtype=np.float32) if len(shapes) == 1 else None
+        check = _random_rows(holdout, shapes[0], input_range) if len(shapes) == 1 else None
         return None, check, "random"
     if len(shapes[0]) == 3:
-        rows = load_samples(calibration, count + holdout, shapes[0])
+        rows = load_samples(calibration, count + holdout, shapes[0], input_range)
     elif isinstance(calibration, np.ndarray) and calibration.shape[1:] == shapes[0]:
         # A non-image input (a dense layer's vector): rows already shaped like it.
         rows = calibration[: count + holdout].astype(np.float32)
@@ -269,12 +273,19 @@ def _samples(
             f"calibration needs an image input (H, W, C) or an array of rows shaped like the "
             f"input; the model takes {shapes[0]}"
         )
+    calib = cover_range(rows[:count], input_range) if len(shapes[0]) == 3 else rows[:count]
     if len(rows) > count:
-        return rows[:count], rows[count:], "held-out"
+        return calib, rows[count:], "held-out"
     notes.append(
         f"only {len(rows)} samples available: no held-out rows left, verified on calibration samples"
     )
-    return rows, rows[:holdout], "calibration"
+    return calib, rows[:holdout], "calibration"
+
+
+def _random_rows(n: int, shape, input_range: tuple[float, float]) -> np.ndarray:
+    """Uniform random rows over the model's declared input range."""
+    unit = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+    return map_range(unit, input_range, peak=1.0).astype(np.float32)
 
 
 def _export_saved_model(model, keras3: bool, export_dir: Path) -> None:
@@ -460,13 +471,14 @@ def convert(
     start = time.perf_counter()
     qat = _is_qat(model)
     mode, io_type = check_request(quantize, io, calibration, samples, per_channel, qat)
+    info = get_info(model)  # written into the .tflite as its "mobilecv" metadata
     start_worker()  # its TensorFlow import overlaps the export and calibration below
     needs_calibration = mode in (Quantize.INT8, Quantize.INT16X8) and not qat
     notes: list[str] = []
     if _has_pruning_wrappers(model):
         import tensorflow_model_optimization as tfmot
 
-        model = tfmot.sparsity.keras.strip_pruning(model)
+        model = carry(model, tfmot.sparsity.keras.strip_pruning(model))
         notes.append("stripped pruning wrappers before conversion")
     _require_finite_weights(model)
     keras3 = is_keras3_model(model)
@@ -474,7 +486,10 @@ def convert(
         calibration, model, samples, verify_samples if verify else 0, notes
     )
     if data_kind == "random" and verify:
-        notes.append("no calibration data given: verified on uniform random inputs in [0, 1]")
+        notes.append(
+            "no calibration data given: verified on uniform random inputs over the declared "
+            f"input range ({range_name(info.input_range)})"
+        )
     if sparse is None:
         sparsity = kernel_sparsity(model)
         sparse = sparsity >= SPARSE_THRESHOLD
@@ -510,6 +525,7 @@ def convert(
                 bar.update(note="verified in LiteRT")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    data = add_to_tflite(data, info)
     notes.extend(_graph_notes(data, mode))
     return ConversionResult(
         tflite=data,
@@ -618,11 +634,10 @@ def _first_line(exc: BaseException) -> str:
 def _verification_inputs(model, check: np.ndarray | None) -> list[np.ndarray]:
     if check is not None:
         return [check]
-    # A multi-input model: random rows for each input.
-    rng = np.random.default_rng(0)
+    # A multi-input model: random rows over the declared range for each input.
+    input_range = get_info(model).input_range
     return [
-        rng.random((DEFAULT_VERIFY_SAMPLES, *shape), dtype=np.float32)
-        for shape in _input_shapes(model)
+        _random_rows(DEFAULT_VERIFY_SAMPLES, shape, input_range) for shape in _input_shapes(model)
     ]
 
 

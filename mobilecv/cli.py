@@ -17,6 +17,7 @@ from mobilecv.cliutil import (
     json_option,
 )
 from mobilecv.errors import InputError, UnknownName
+from mobilecv.modelinfo import InputRange
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -68,6 +69,12 @@ def scaling_options(fn):
         ),
         click.option("--classes", type=int, help="Number of classes (default 1000)."),
         click.option("--input-channels", type=int, help="Input channels, e.g. 1 for grayscale."),
+        click.option(
+            "--input-range",
+            type=click.Choice([r.value for r in InputRange]),
+            help="Input range the model declares and is fed: unit [0, 1] (default), "
+            "pixels [0, 255], symmetric [-1, 1].",
+        ),
         click.option("--dropout", type=float, help="Dropout before the classifier."),
         click.option("--no-top", is_flag=True, help="Drop the classifier head."),
         click.option(

@@ -24,6 +24,7 @@ from mobilecv.compress.prune import Allocation, PrunePolicy
 from mobilecv.converters.tflite import Quantize as QuantMode
 from mobilecv.distribute import Strategy
 from mobilecv.errors import InputError, MissingFile
+from mobilecv.modelinfo import InputRange
 from mobilecv.train import Optimizer, Schedule
 
 
@@ -35,6 +36,7 @@ class ModelSpec:
     resolution: int | None = None
     classes: int | None = None
     input_channels: int | None = None
+    input_range: InputRange | None = None  # unit | pixels | symmetric; None: the default (unit)
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
 

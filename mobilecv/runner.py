@@ -265,6 +265,7 @@ def _model_knobs(recipe: Recipe, classes: int | None = None) -> dict:
         "resolution": spec.resolution,
         "classes": classes if classes is not None else spec.classes,
         "input_channels": spec.input_channels,
+        "input_range": spec.input_range,
         **spec.options,
     }
     return {k: v for k, v in knobs.items() if v is not None}
@@ -321,16 +322,17 @@ def _plot_history(history: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _test_arrays(recipe: Recipe, input_shape) -> tuple[np.ndarray, np.ndarray]:
+def _test_arrays(recipe: Recipe, model) -> tuple[np.ndarray, np.ndarray]:
+    """The test split (of the selected classes) as `model` takes it: its size, channels
+    and declared input range."""
     from mobilecv.data import Split
-    from mobilecv.data.datasets import prepare_images
+    from mobilecv.data.datasets import model_inputs
     from mobilecv.train import load_split
 
     data = load_split(
         recipe.data.dataset, Split.TEST, recipe.evaluate.test_samples, recipe.data.classes
     )
-    x = prepare_images(data.x, (input_shape[1], input_shape[2]), input_shape[3], 1.0 / 255.0)
-    return np.asarray(x, dtype=np.float32), np.asarray(data.y)
+    return model_inputs(data.x, model), np.asarray(data.y)
 
 
 def _keras_top1(model, x: np.ndarray, y: np.ndarray) -> float:
@@ -515,7 +517,7 @@ def _compare_step(p: Pipeline) -> None:
         scratch, report = _train_as_recipe(p, _build_model(recipe), splits, t.epochs)
         save_model(scratch, p.out / "scratch.keras", force=True)
         transferred = _load(trained)
-        x, y = _test_arrays(recipe, transferred.input_shape)
+        x, y = _test_arrays(recipe, transferred)
         result = {
             "test_samples": int(len(y)),
             "train_samples": report.train_samples,
@@ -595,7 +597,7 @@ def _evaluate_step(p: Pipeline) -> None:
         from mobilecv.evaluate import TfliteModel, test_time_techniques, top1
 
         model = _load(current)
-        x, y = _test_arrays(recipe, model.input_shape)
+        x, y = _test_arrays(recipe, model)
         rows = [{"model": "keras float32", "accuracy": _keras_top1(model, x, y), "bytes": None}]
         for mode, path in p.tflites.items():
             acc = top1(TfliteModel(path).predict(x), y)

@@ -171,13 +171,12 @@ def _init_worker(lock, tf_threads: int) -> None:
         pass
 
 
-def _test_arrays(dataset: str, samples: int | None, shape) -> tuple[np.ndarray, np.ndarray]:
+def _test_arrays(dataset: str, samples: int | None, model) -> tuple[np.ndarray, np.ndarray]:
     from mobilecv.data import Split, load_arrays
-    from mobilecv.data.datasets import prepare_images
+    from mobilecv.data.datasets import model_inputs
 
     data = load_arrays(dataset, Split.TEST, limit=samples)
-    x = prepare_images(data.x, (shape[1], shape[2]), shape[3], 1.0 / 255.0)
-    return np.asarray(x, dtype=np.float32), np.asarray(data.y)
+    return model_inputs(data.x, model), np.asarray(data.y)
 
 
 def _measure_point(task: dict) -> dict:
@@ -217,7 +216,7 @@ def _measure_point(task: dict) -> dict:
     shape = (1, *(int(d) for d in model.input_shape[1:]))
     if dataset is not None:
         calibration = dataset
-    else:  # no data: calibrate on uniform [0, 1) images, the range the loaders produce
+    else:  # no data: uniform [0, 1) images, which convert maps onto the declared input range
         calibration = np.random.default_rng(0).random(
             (task["calibration_samples"] + 64, *shape[1:]), dtype=np.float32
         )
@@ -237,7 +236,7 @@ def _measure_point(task: dict) -> dict:
         from mobilecv.evaluate import TfliteModel, top1
 
         # The test split is read only here, for the final score of the int8 model.
-        x, y = _test_arrays(dataset, task["test_samples"], shape)
+        x, y = _test_arrays(dataset, task["test_samples"], model)
         row["accuracy"] = top1(TfliteModel(result.tflite).predict(x), y)
 
     host = devices.get("host", calibrate=False)

@@ -26,6 +26,7 @@ from mobilecv._tf import get_keras, is_keras3_model, tf
 from mobilecv.data import ArrayData, Split, load_arrays, to_dataset
 from mobilecv.errors import InputError, parse_choice
 from mobilecv.progress import Progress
+from mobilecv.modelinfo import get_info
 
 HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
@@ -310,20 +311,22 @@ def shard_by_data(dataset):
     return dataset.with_options(options)
 
 
-def datasets_for(model, splits: Splits, batch_size: int, augment: Callable | None = None):
+def dataset_for(model, data: ArrayData, batch_size: int, **options):
+    """`data` as `model` takes it: its resolution, channels and declared input range."""
     resolution, channels = model_input_spec(model)
-    train_ds = to_dataset(
-        splits.train,
+    return to_dataset(
+        data,
         resolution=resolution,
         channels=channels,
         batch_size=batch_size,
-        shuffle=True,
-        augment=augment,
+        input_range=get_info(model).input_range,
+        **options,
     )
-    val_ds = to_dataset(
-        splits.validation, resolution=resolution, channels=channels, batch_size=batch_size
-    )
-    return shard_by_data(train_ds), shard_by_data(val_ds)
+
+
+def datasets_for(model, splits: Splits, batch_size: int, augment: Callable | None = None):
+    train_ds = dataset_for(model, splits.train, batch_size, shuffle=True, augment=augment)
+    return shard_by_data(train_ds), shard_by_data(dataset_for(model, splits.validation, batch_size))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -430,8 +433,7 @@ def evaluate(model, data: ArrayData, batch_size: int = 64) -> dict[str, float]:
     """Loss and top-1 accuracy on the given split (compiles the model if needed)."""
     if not (getattr(model, "_is_compiled", False) or getattr(model, "compiled", False)):
         compile_for_classification(model, 1e-3)
-    resolution, channels = model_input_spec(model)
-    ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
+    ds = dataset_for(model, data, batch_size)
     loss, accuracy = model.evaluate(shard_by_data(ds), verbose=0)[:2]
     return {"loss": float(loss), "accuracy": float(accuracy)}
 
@@ -544,9 +546,7 @@ def extract_features(model, split_index: int, data: ArrayData, batch_size: int =
     """Activations of the layer just before `split_index` for every image of `data`."""
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     trunk = K.Model(model.inputs, _first_node_io(model.layers[split_index - 1])[1])
-    resolution, channels = model_input_spec(model)
-    ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
-    return trunk.predict(ds, verbose=0)
+    return trunk.predict(dataset_for(model, data, batch_size), verbose=0)
 
 
 def _first_node_io(layer):

@@ -39,10 +39,13 @@ def _child_main() -> None:
     import numpy as np
     import tflite_micro
 
+    from mobilecv.modelinfo import ModelInfo, read_info
+
     path, out, arena, search = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
     invoke = sys.argv[5:6] != ["0"]
     data = Path(path).read_bytes()
     rng = np.random.default_rng(0)
+    lo, hi = (read_info(data) or ModelInfo()).input_range  # float inputs: the declared range
 
     def attempt(size: int):
         interp = tflite_micro.runtime.Interpreter.from_bytes(data, arena_size=size)
@@ -58,7 +61,7 @@ def _child_main() -> None:
                 info = np.iinfo(dtype)
                 x = rng.integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
             else:
-                x = rng.uniform(-1, 1, shape).astype(dtype)
+                x = rng.uniform(lo, hi, shape).astype(dtype)
             interp.set_input(x, i)
             i += 1
         if invoke:

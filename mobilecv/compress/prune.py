@@ -244,7 +244,9 @@ def strip(model):
     """Remove pruning wrappers, leaving plain layers whose kernels hold the zeros."""
     import tensorflow_model_optimization as tfmot
 
-    return tfmot.sparsity.keras.strip_pruning(model)
+    from mobilecv.modelinfo import carry
+
+    return carry(model, tfmot.sparsity.keras.strip_pruning(model))
 
 
 def measured_sparsity(model, layers: list[str] | None = None) -> dict[str, float]:
