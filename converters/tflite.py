@@ -47,8 +47,8 @@ import numpy as np
 from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
 from mobilecv.converters.isolated import RuntimeRefused, Session, start_worker
 from mobilecv.errors import InputError, RunFailed, parse_choice
-from mobilecv.progress import Progress
 from mobilecv.modelinfo import add_to_tflite, carry, get_info, map_range, range_name
+from mobilecv.progress import Progress
 
 
 class Quantize(enum.StrEnum):

@@ -25,8 +25,8 @@ import numpy as np
 from mobilecv._tf import get_keras, is_keras3_model, tf
 from mobilecv.data import ArrayData, Split, load_arrays, to_dataset
 from mobilecv.errors import InputError, parse_choice
-from mobilecv.progress import Progress
 from mobilecv.modelinfo import get_info
+from mobilecv.progress import Progress
 
 HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
