@@ -93,7 +93,14 @@ def _output_quantize_config_class():
 
     @K.utils.register_keras_serializable(package="mobilecv")
     class OutputQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
-        """Quantise only a layer's output (8-bit, asymmetric, moving-average range)."""
+        """Quantise only a layer's output (8-bit, asymmetric, moving-average range).
+
+        With output=False nothing is quantised: for a layer that is the identity, so
+        the converter folds it away and the next layer reads the input's scale.
+        """
+
+        def __init__(self, output: bool = True):
+            self.output = output
 
         def get_weights_and_quantizers(self, layer):
             return []
@@ -108,6 +115,8 @@ def _output_quantize_config_class():
             pass
 
         def get_output_quantizers(self, layer):
+            if not self.output:
+                return []
             return [
                 quantizers.MovingAverageQuantizer(
                     num_bits=8, per_axis=False, symmetric=False, narrow_range=False
@@ -115,7 +124,7 @@ def _output_quantize_config_class():
             ]
 
         def get_config(self):
-            return {}
+            return {"output": self.output}
 
     _OUTPUT_CONFIG = OutputQuantizeConfig
     return OutputQuantizeConfig
@@ -226,6 +235,21 @@ def _rename_all(node, rename):
     return node
 
 
+def _is_identity(layer) -> bool:
+    """True for an input scaling that computes x (an un-adapted Normalization, say).
+
+    Its own output fake-quant would leave a DEQUANTIZE/QUANTIZE pair in the .tflite
+    once the converter folds the identity away.
+    """
+    import numpy as np
+
+    if len(layer.inbound_nodes) != 1 or isinstance(layer.input, list):
+        return False
+    shape = [1] + [d or 4 for d in layer.input.shape[1:]]
+    probe = np.random.default_rng(0).uniform(-2, 2, shape).astype("float32")
+    return bool(np.allclose(np.asarray(layer(probe)), probe, atol=1e-6))
+
+
 def _scheme(scheme: QuantScheme):
     import tensorflow_model_optimization as tfmot
 
@@ -262,7 +286,7 @@ def quantize(model, scheme: str | QuantScheme = QuantScheme.DEFAULT):
     def annotate(layer):
         fresh = copy_layer(layer)
         if SUPPORTED_LAYERS.get(type(layer).__name__) is Handling.OUTPUT:
-            return api.quantize_annotate_layer(fresh, config_cls())
+            return api.quantize_annotate_layer(fresh, config_cls(output=not _is_identity(layer)))
         return api.quantize_annotate_layer(fresh)
 
     annotated = clone(model, annotate)
