@@ -1,0 +1,151 @@
+"""The task interface and its registry."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mobilecv.errors import InputError
+
+_TASKS: dict[str, Task] = {}
+# The modules that register the built-in tasks, imported on first use.
+_BUILTIN = ("classification", "localisation", "landmarks")
+
+
+class Task:
+    """One kind of problem. Subclasses set the class attributes and implement the methods.
+
+    Labels (``ArrayData.y``) are a (N,) integer array for classification and a dict of (N,
+    ...) arrays for every other task. Model outputs are a dict of named arrays; a model's
+    output layers carry those names, so a converted model's outputs are matched by name.
+    """
+
+    name: ClassVar[str]
+    outputs: ClassVar[tuple[str, ...]]  # the model's output names, in order
+    primary_metric: ClassVar[str]  # the figure sweeps, recipes and reports rank by
+    higher_is_better: ClassVar[bool] = True
+    agreement_metric: ClassVar[str]  # the converter's headline float-vs-converted figure
+    test_time: ClassVar[frozenset[str]] = frozenset()  # "multi_crop", "ensemble"
+
+    # ------------------------------------------------------------------ model
+    def head(self, K, features: Mapping[str, Any], *, classes: int, **options) -> dict:
+        """Output tensors by name, attached to the backbone's feature maps."""
+        raise NotImplementedError
+
+    def compile(self, model, optimizer, **options) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- data
+    def keras_targets(self, y) -> tuple[Any, Any]:
+        """Labels -> (Keras targets, sample weights or None) for ``fit``/``evaluate``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ numpy
+    def decode(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, outputs: Mapping[str, np.ndarray], y) -> dict[str, float]:
+        """The task's metrics of raw model outputs against labels (numpy only)."""
+        raise NotImplementedError
+
+    def agreement(
+        self, reference: Mapping[str, np.ndarray], converted: Mapping[str, np.ndarray]
+    ) -> dict[str, float]:
+        """How closely a converted model's outputs follow the float model's."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "outputs": list(self.outputs),
+            "primary_metric": self.primary_metric,
+            "higher_is_better": self.higher_is_better,
+            "agreement_metric": self.agreement_metric,
+            "test_time": sorted(self.test_time),
+        }
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if cls.name in _TASKS:
+        raise ValueError(f"task {cls.name!r} is already registered")
+    _TASKS[cls.name] = cls()
+    return cls
+
+
+def _ensure_loaded() -> None:
+    import importlib
+
+    for module in _BUILTIN:
+        importlib.import_module(f"mobilecv.tasks.{module}")
+
+
+def get_task(name: str | Task) -> Task:
+    if isinstance(name, Task):
+        return name
+    _ensure_loaded()
+    if name not in _TASKS:
+        close = difflib.get_close_matches(str(name), _TASKS, n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise InputError(f"unknown task {name!r}{hint}; tasks: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def list_tasks() -> list[str]:
+    _ensure_loaded()
+    return sorted(_TASKS)
+
+
+def as_outputs(model_outputs, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A model's outputs (dict, list or single array) as a dict in the task's names."""
+    if isinstance(model_outputs, Mapping):
+        missing = [n for n in names if n not in model_outputs]
+        if missing:
+            raise InputError(f"model outputs {sorted(model_outputs)} lack {missing}")
+        return {n: np.asarray(model_outputs[n]) for n in names}
+    values = model_outputs if isinstance(model_outputs, list | tuple) else [model_outputs]
+    if len(values) != len(names):
+        raise InputError(f"expected {len(names)} outputs ({', '.join(names)}), got {len(values)}")
+    return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def deepest(features: Mapping[str, Any]):
+    """The feature map with the largest stride."""
+    return features[max(features, key=lambda name: int(name.removeprefix("stride")))]
+
+
+def build_on_backbone(
+    task: Task,
+    *,
+    backbone: str,
+    keras,
+    width: float,
+    depth: float,
+    resolution: int,
+    input_channels: int,
+    classes: int,
+    name: str,
+    **head_options,
+):
+    """A task model: registered network ``backbone`` as feature maps, plus the task's head.
+
+    Width, depth and resolution scale the backbone as they scale every model; a knob the
+    backbone family cannot honour (e.g. depth for AlexNet) is an InputError naming it.
+    """
+    from mobilecv import registry
+    from mobilecv.features import backbone_from_trunk
+
+    entry = registry.get(backbone)
+    knobs = {"width": width, "resolution": resolution, "input_channels": input_channels}
+    if depth != 1.0:
+        knobs["depth"] = depth
+    unsupported = [k for k in knobs if k not in entry.supports]
+    if unsupported:
+        raise InputError(f"backbone {backbone} cannot honour {', '.join(map(repr, unsupported))}")
+    trunk = registry.build(backbone, include_top=False, keras=keras, **knobs)
+    features = backbone_from_trunk(trunk, keras=keras)
+    outputs = task.head(keras, features.output, classes=classes, **head_options)
+    return keras.Model(features.input, outputs, name=name)

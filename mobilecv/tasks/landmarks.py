@@ -1,0 +1,113 @@
+"""Landmark detection (course week 3): N (x, y) points, with optional visibility.
+
+The head regresses the points as fractions of the image (sigmoid), from pooled-grid
+features of the deepest backbone map; with ``visibility=True`` a second output predicts
+whether each point is visible. The loss is the course's squared error on the visible
+points (invisible points get zero weight through a per-coordinate mask folded into the
+targets). The metric is the normalised mean error: the mean point distance divided by the
+object's size (the square root of its box area), the figure face-alignment papers report.
+
+Labels (``ArrayData.y``): ``points`` (N, K, 2) x, y fractions; ``visible`` (N, K) 0/1;
+``box`` (N, 4) the object's corner box as fractions (its size normalises the error).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from mobilecv import postprocess
+from mobilecv.layers import pooled_grid_features
+from mobilecv.registry import register_model
+from mobilecv.tasks.base import Task, build_on_backbone, deepest, get_task, register_task
+
+DEFAULT_POINTS = 5  # a quadrilateral's four corners and its centre
+
+
+def masked_squared_error(K):
+    """Squared error over the coordinates whose target is not NaN (NaN = not visible)."""
+    from mobilecv._tf import tf
+
+    def loss(y_true, y_pred):
+        T = tf()
+        visible = T.logical_not(T.math.is_nan(y_true))
+        diff = T.where(visible, y_pred - T.where(visible, y_true, 0.0), 0.0)
+        count = T.maximum(T.reduce_sum(T.cast(visible, T.float32), axis=-1), 1.0)
+        return T.reduce_sum(T.square(diff), axis=-1) / count
+
+    return loss
+
+
+@register_task
+class Landmarks(Task):
+    name = "landmarks"
+    outputs = ("points",)
+    primary_metric = "nme"
+    higher_is_better = False
+    agreement_metric = "point_error"
+
+    def head(self, K, features, *, classes: int, points: int = DEFAULT_POINTS, hidden: int = 128,
+             dropout: float = 0.0):  # fmt: skip
+        x = pooled_grid_features(K, deepest(features), "lmk", hidden=hidden, dropout=dropout)
+        return {"points": K.layers.Dense(2 * points, activation="sigmoid", name="points")(x)}
+
+    def compile(self, model, optimizer, **_):
+        from mobilecv._tf import get_keras, is_keras3_model
+
+        K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
+        model.compile(optimizer=optimizer, loss={"points": masked_squared_error(K)})
+
+    def keras_targets(self, y):
+        points = np.asarray(y["points"], dtype=np.float32).copy()
+        visible = np.asarray(y.get("visible", np.ones(points.shape[:2])), dtype=bool)
+        points[~visible] = np.nan
+        return {"points": points.reshape(len(points), -1)}, None
+
+    def decode(self, outputs):
+        return postprocess.landmarks(outputs["points"])
+
+    def score(self, outputs, y) -> dict[str, float]:
+        predicted = self.decode(outputs)["points"]
+        size = np.sqrt(postprocess.box_area(np.asarray(y["box"])))
+        nme = postprocess.normalised_point_error(predicted, y["points"], size, y.get("visible"))
+        return {"nme": float(np.nanmean(nme)), "samples": int(np.sum(~np.isnan(nme)))}
+
+    def agreement(self, reference, converted) -> dict[str, float]:
+        a = self.decode(reference)["points"]
+        b = self.decode(converted)["points"]
+        return {"point_error": float(np.mean(np.linalg.norm(a - b, axis=-1)))}
+
+
+@register_model(
+    "landmarker",
+    family="landmarker",
+    default_resolution=96,
+    task="landmarks",
+    unsupported=("include_top", "classes"),
+)
+def landmarker(
+    *,
+    width: float,
+    depth: float,
+    resolution: int,
+    input_channels: int,
+    keras: ModuleType,
+    backbone: str = "mobilenet_v2",
+    points: int = DEFAULT_POINTS,
+    hidden: int = 128,
+):
+    """Any registered backbone with a point-regression head (``points`` x, y pairs)."""
+    return build_on_backbone(
+        get_task("landmarks"),
+        backbone=backbone,
+        keras=keras,
+        width=width,
+        depth=depth,
+        resolution=resolution,
+        input_channels=input_channels,
+        classes=0,
+        name=f"landmarker_{backbone}_{width:g}_{resolution}",
+        points=points,
+        hidden=hidden,
+    )
