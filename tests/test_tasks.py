@@ -34,7 +34,9 @@ def test_task_models_build_on_any_backbone(model, outputs, backbone):
     if model == "localizer":
         knobs["classes"] = 7
     built = mobilecv.build(model, backbone=backbone, **knobs)
-    shapes = {name: int(t.shape[-1]) for name, t in zip(built.output_names, built.outputs)}
+    shapes = {
+        name: int(t.shape[-1]) for name, t in zip(built.output_names, built.outputs, strict=True)
+    }
     assert shapes == outputs
 
 
