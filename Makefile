@@ -19,6 +19,9 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	touch $(STAMP)
 
 # Fashion-MNIST ships in Debian's dataset-fashion-mnist; install it where we can.
+# The real assets of the scenes and week-3 tasks (OpenCV's digits.png, ViSP's AprilTag and
+# Solvay photos, stardist's nuclei): only the files used, taken from the .deb archives and
+# the wheel into ~/.cache/mobilecv/assets (mobilecv/data/assets.py says why).
 data:
 	@if [ -d $(FASHION_MNIST) ]; then echo "Fashion-MNIST: $(FASHION_MNIST)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -28,6 +31,8 @@ data:
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST steps will fail"; \
 	else echo "warning: install Debian's dataset-fashion-mnist for Fashion-MNIST"; fi
+	@$(PY) -c 'import sys; from mobilecv.data.assets import main; sys.exit(main(["install"]))' \
+	  || echo "warning: scene assets missing (opencv-doc, visp-images-data, stardist files); scenes and asset loaders will fail"
 
 test: install
 	$(PY) -m pytest -m "not slow" -q
