@@ -139,9 +139,15 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
 @click.argument("target")
 @scaling_options
 @click.option("--top", type=int, help="Show only the N layers with the most MACs.")
+@click.option(
+    "--sliding-window",
+    metavar="SIZE",
+    help="Also the MACs of classifying every window of a SIZE (N or HxW) image: each crop "
+    "separately vs one pass of the fully convolutional model.",
+)
 @json_option("the DESIGN.md schema")
 @handle_errors
-def profile_cmd(target, keras, top, as_json, **scaling) -> None:
+def profile_cmd(target, keras, top, sliding_window, as_json, **scaling) -> None:
     """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""
     import mobilecv
     from mobilecv.profiling import format_table, profile
@@ -153,15 +159,23 @@ def profile_cmd(target, keras, top, as_json, **scaling) -> None:
 
         if knobs:
             raise ValueError("scaling flags apply to model names, not to a model file")
-        prof = profile(load_model(target))
+        model = load_model(target)
+        prof = profile(model)
     else:
         resolved = resolve(target, **knobs)
         model = mobilecv.build(target, keras=keras, **knobs)
         prof = profile(model, name=target, width=resolved["width"], depth=resolved["depth"])
+    cost = None
+    if sliding_window is not None:
+        from mobilecv.fully_conv import sliding_window_cost
+
+        cost = sliding_window_cost(model, sliding_window)
     if as_json:
-        echo_json(prof.to_json())
+        echo_json({**prof.to_json(), **({"sliding_window": cost.to_json()} if cost else {})})
     else:
         click.echo(format_table(prof, top))
+        if cost:
+            click.echo(cost.text())
 
 
 def _register_commands() -> None:
