@@ -42,15 +42,17 @@ class Split(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ArrayData:
-    """One split as arrays: images uint8/float (N, H, W, C), integer labels (N,)."""
+    """One split as arrays: images uint8 (N, H, W, C) and labels: (N,) class ids for
+    classification, a dict of (N, ...) arrays for other tasks (see mobilecv.tasks)."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | dict[str, np.ndarray]
     classes: int
     name: str
+    provenance: str = ""  # e.g. "synthetic composition: ..." for generated scenes
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
 
 
 # --------------------------------------------------------------------------- sources

@@ -39,6 +39,11 @@ class Task:
         raise NotImplementedError
 
     # ------------------------------------------------------------------- data
+    def load(self, source: str, split: str, *, limit: int | None = None, scenes=None):
+        """One split as ArrayData with this task's labels. ``scenes`` overrides the task's
+        scene config when ``source`` is "scenes"."""
+        raise NotImplementedError
+
     def keras_targets(self, y) -> tuple[Any, Any]:
         """Labels -> (Keras targets, sample weights or None) for ``fit``/``evaluate``."""
         raise NotImplementedError
@@ -149,3 +154,44 @@ def build_on_backbone(
     features = backbone_from_trunk(trunk, keras=keras)
     outputs = task.head(keras, features.output, classes=classes, **head_options)
     return keras.Model(features.input, outputs, name=name)
+
+
+# ----------------------------------------------------------------------- scenes
+
+# Scenes per split when a task trains on generated scenes ("--data scenes").
+SCENE_COUNTS = {"train": 12_000, "validation": 1_500, "test": 3_000}
+
+
+def single_object_scenes(split: str, limit: int | None, config):
+    """Scenes with at most one object each (localisation, landmarks) and their per-scene
+    arrays: (scene set, has_object (N,), first object's row index (N,), -1 when empty)."""
+    from mobilecv.data.datasets import Split
+    from mobilecv.data.scenes import generate
+
+    split = Split(split)
+    if config.objects[1] > 1:
+        raise InputError(
+            f"this task takes one object a scene; the scene config asks {config.objects}"
+        )
+    count = SCENE_COUNTS[split.value] if limit is None else int(limit)
+    if count < 1:
+        raise InputError(f"limit must be >= 1, got {limit}")
+    scenes = generate(split, count, config)
+    has = np.diff(scenes.offsets) > 0
+    rows = np.where(has, scenes.offsets[:-1], -1)
+    return scenes, has, rows
+
+
+def scene_config(defaults, overrides: Mapping[str, Any] | None):
+    """A task's default SceneConfig with a recipe's or caller's overrides (unknown keys
+    are an InputError naming them)."""
+    import dataclasses
+
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(defaults)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(
+            f"unknown scene option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return dataclasses.replace(defaults, **overrides)

@@ -20,9 +20,29 @@ import numpy as np
 from mobilecv import postprocess
 from mobilecv.layers import pooled_grid_features
 from mobilecv.registry import register_model
-from mobilecv.tasks.base import Task, build_on_backbone, deepest, get_task, register_task
+from mobilecv.tasks.base import (
+    Task,
+    build_on_backbone,
+    deepest,
+    get_task,
+    register_task,
+    scene_config,
+    single_object_scenes,
+)
 
 DEFAULT_POINTS = 5  # a quadrilateral's four corners and its centre
+# The scenes' keypoints are top-left, top-right, bottom-right, bottom-left, centre: a
+# mirror swaps left and right.
+MIRROR_PERMUTATION = (1, 0, 3, 2, 4)
+
+
+def default_scenes():
+    """One marker-like tile a scene, seen in perspective: its corners are the landmarks."""
+    from mobilecv.data.scenes import SceneConfig
+
+    return SceneConfig(
+        size=96, objects=(1, 1), paste="tile", scale=(0.45, 0.85), rotation=30, warp=0.2
+    )
 
 
 def masked_squared_error(K):
@@ -57,6 +77,28 @@ class Landmarks(Task):
 
         K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
         model.compile(optimizer=optimizer, loss={"points": masked_squared_error(K)})
+
+    mirror_permutation = MIRROR_PERMUTATION
+
+    def load(self, source: str, split: str, *, limit: int | None = None, scenes=None):
+        from mobilecv.data.datasets import ArrayData
+        from mobilecv.errors import InputError
+
+        if source != "scenes":
+            raise InputError(f"landmarks train on generated scenes (--data scenes), not {source!r}")
+        config = scene_config(default_scenes(), scenes)
+        if config.objects[0] < 1 or config.empty_share > 0:
+            raise InputError("landmark scenes need exactly one object each")
+        generated, _, rows = single_object_scenes(split, limit, config)
+        keypoints = generated.keypoints[rows]
+        y = {
+            "points": (keypoints[..., :2] / config.size).astype(np.float32),
+            "visible": (keypoints[..., 2] >= 2).astype(np.float32),
+            "box": (generated.boxes[rows] / config.size).astype(np.float32),
+        }
+        return ArrayData(
+            x=generated.images, y=y, classes=0, name="scenes", provenance=generated.provenance
+        )
 
     def keras_targets(self, y):
         points = np.asarray(y["points"], dtype=np.float32).copy()

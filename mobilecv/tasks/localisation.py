@@ -22,9 +22,24 @@ import numpy as np
 from mobilecv import postprocess
 from mobilecv.layers import pooled_grid_features
 from mobilecv.registry import register_model
-from mobilecv.tasks.base import Task, build_on_backbone, deepest, get_task, register_task
+from mobilecv.tasks.base import (
+    Task,
+    build_on_backbone,
+    deepest,
+    get_task,
+    register_task,
+    scene_config,
+    single_object_scenes,
+)
 
 IOU_THRESHOLD = 0.5
+
+
+def default_scenes():
+    """The course's setting: one object a scene, or none."""
+    from mobilecv.data.scenes import SceneConfig
+
+    return SceneConfig(size=96, objects=(1, 1), empty_share=0.25, scale=(0.3, 0.7))
 
 
 @register_task
@@ -59,6 +74,32 @@ class Localisation(Task):
                 "presence": [K.metrics.BinaryAccuracy(name="accuracy")],
                 "scores": [K.metrics.SparseCategoricalAccuracy(name="accuracy")],
             },
+        )
+
+    def load(self, source: str, split: str, *, limit: int | None = None, scenes=None):
+        from mobilecv.data.datasets import ArrayData
+        from mobilecv.errors import InputError
+
+        if source != "scenes":
+            raise InputError(
+                f"localisation trains on generated scenes (--data scenes), not {source!r}"
+            )
+        config = scene_config(default_scenes(), scenes)
+        generated, has, rows = single_object_scenes(split, limit, config)
+        first = np.maximum(rows, 0)
+        y = {
+            "present": has.astype(np.float32),
+            "box": np.where(has[:, None], generated.boxes[first] / config.size, 0.0).astype(
+                np.float32
+            ),
+            "class": np.where(has, generated.classes[first], 0).astype(np.int64),
+        }
+        return ArrayData(
+            x=generated.images,
+            y=y,
+            classes=len(config.class_names),
+            name="scenes",
+            provenance=generated.provenance,
         )
 
     def keras_targets(self, y):
