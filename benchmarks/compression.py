@@ -189,19 +189,21 @@ def fresh_from(weights, **overrides):
 def test_images(test, resolution: int, channels: int) -> np.ndarray:
     from mobilecv.data.datasets import prepare_images
 
-    return prepare_images(test.x, resolution, channels, 1.0 / 255.0).numpy()
+    return prepare_images(test.x, resolution, channels).numpy()
 
 
 def tflite_top1(data: bytes, x: np.ndarray, y: np.ndarray, desc: str) -> float:
-    from tqdm import tqdm
-
     from mobilecv.evaluate import TfliteModel, top1
+    from mobilecv.progress import Progress
 
     model = TfliteModel(data, threads=1)
     chunks = np.array_split(np.arange(len(x)), 20)
     probs = []
-    for idx in tqdm(chunks, desc=f"test {desc}", file=sys.stderr, leave=False):
-        probs.append(model.predict(x[idx]))
+    # The caller logs the figure: only a live bar, no line of its own in a log file.
+    with Progress(f"test {desc}", len(chunks), "chunk", summary=False) as bar:
+        for idx in chunks:
+            probs.append(model.predict(x[idx]))
+            bar.update()
     return top1(np.concatenate(probs), y)
 
 
@@ -703,10 +705,9 @@ def main(argv=None) -> int:
         if result["sparse_inference"].get("rows"):
             result["sparse_inference"]["finding"] = sparse_finding(result["sparse_inference"])
         return finish(result, args)
-    from tqdm import tqdm
-
     from mobilecv._tf import tf
     from mobilecv.data.datasets import Split, load_arrays
+    from mobilecv.progress import Progress
     from mobilecv.train import evaluate, load_splits
 
     wall = time.perf_counter()
@@ -733,11 +734,11 @@ def main(argv=None) -> int:
 
     rows: dict[str, dict] = {}
     tuned: dict[str, tuple] = {}  # fine-tune key -> (model, info), shared by rows
-    stages = tqdm(ROWS, desc="variants", file=sys.stderr, unit="model")
-    with tempfile.TemporaryDirectory(prefix="mobilecv-compression-") as tmp:
+    stages = Progress("variants", len(ROWS), "model")
+    with stages, tempfile.TemporaryDirectory(prefix="mobilecv-compression-") as tmp:
         workdir = Path(tmp)
-        for name, key, convert_kwargs in stages:
-            stages.set_postfix_str(name)
+        for name, key, convert_kwargs in ROWS:
+            stages.note(name)
             log(f"== {name}")
             info = None
             source = model
@@ -774,6 +775,7 @@ def main(argv=None) -> int:
                 + (f" (+ fine-tune {info['seconds']:.0f} s)" if info else "")
                 + (f"; notes: {res.notes}" if res.notes else "")
             )
+            stages.update()
         log("== sparse inference")
         try:
             pruned80_weights = tuned["prune80"][0].get_weights()

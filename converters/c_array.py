@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from mobilecv.errors import InputError
+
 _BYTES_PER_LINE = 12
 
 
@@ -26,9 +28,9 @@ def to_c_array(tflite_bytes: bytes, name: str, header_name: str | None = None) -
         raise TypeError("tflite_bytes must be bytes")
     data = bytes(tflite_bytes)
     if not data:
-        raise ValueError("empty model")
+        raise InputError("empty model")
     if c_identifier(name) != name:
-        raise ValueError(f"{name!r} is not a valid C identifier (try {c_identifier(name)!r})")
+        raise InputError(f"{name!r} is not a valid C identifier (try {c_identifier(name)!r})")
     header_name = header_name or f"{name}.h"
     guard = c_identifier(header_name).upper() + "_"
     h_text = (

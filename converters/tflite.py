@@ -1,15 +1,22 @@
 """Keras -> .tflite in every post-training mode, verified in LiteRT after conversion.
 
-`convert(model, quantize=...)` hides three conversion routes:
-- tf_keras models (including tfmot QAT models) go through `from_keras_model`;
-- Keras 3 models go through `model.export()` and `from_saved_model`, because a
-  plain `tf.saved_model.save` keeps variables as resources and full-integer
+`convert(model, quantize=...)` hides the conversion routes:
+- the model is written as a SavedModel and converted by `from_saved_model` in a
+  worker process (mobilecv.converters.isolated), so a converter crash (TF 2.21 has
+  died with SIGSEGV) fails one conversion instead of the caller;
+- tf_keras models (including tfmot QAT models) are saved the way `from_keras_model`
+  saves them internally, so the bytes are the ones it would give;
+- Keras 3 models go through `model.export()`, because a plain
+  `tf.saved_model.save` keeps variables as resources and full-integer
   calibration then fails on READ_VARIABLE ops;
-- pruning wrappers are stripped first (they would otherwise be exported).
+- pruning wrappers are stripped first (they would otherwise be exported), and
+  NaN/inf weights (a diverged training) are refused.
 
-The converted bytes are loaded into `ai_edge_litert.interpreter.Interpreter` and
-run against Keras on held-out samples, so every result carries measured
-figures. Sparse + quantised models are a known trap: with
+The converted bytes are loaded into `ai_edge_litert.interpreter.Interpreter` (in
+the worker too) and run against the Keras model (here) on held-out samples, so every
+result carries measured figures. Where the class outputs are near-constant (an
+untrained model), top-1 agreement is not reported: the output error is the measure.
+Sparse + quantised models are a known trap: with
 `Optimize.EXPERIMENTAL_SPARSITY` the converter emits sparse int8 weights that
 LiteRT's default XNNPACK delegate refuses ("failed to delegate FULLY_CONNECTED
 node ... TfLiteXNNPackDelegate failed to prepare", google/XNNPACK#3061,
@@ -30,7 +37,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,10 @@ from typing import Any
 import numpy as np
 
 from mobilecv._tf import is_keras3_model, silenced_fd, silenced_stderr, tf
+from mobilecv.converters.isolated import RuntimeRefused, Session, start_worker
 from mobilecv.errors import InputError, RunFailed, parse_choice
+from mobilecv.modelinfo import add_to_tflite, carry, get_info, map_range, range_name
+from mobilecv.progress import Progress
 
 
 class Quantize(enum.StrEnum):
@@ -77,7 +87,13 @@ class Verification:
     data: str  # where the inputs came from: "held-out", "calibration" or "random"
     max_abs_error: float
     mean_abs_error: float
-    top1_agreement: float | None  # None when the output is not a class vector
+    # None when the output is not a class vector, or is near-constant (below).
+    top1_agreement: float | None
+    # Max - min of the Keras class outputs over samples and classes.
+    output_spread: float | None = None
+    # The class outputs vary less than the conversion's mean error (an untrained model's
+    # softmax of near-equal logits): top-1 says nothing there, the output error does.
+    near_constant_output: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +103,8 @@ class Verification:
             "max_abs_error": self.max_abs_error,
             "mean_abs_error": self.mean_abs_error,
             "top1_agreement": self.top1_agreement,
+            "output_spread": self.output_spread,
+            "near_constant_output": self.near_constant_output,
         }
 
 
@@ -184,11 +202,31 @@ def _has_pruning_wrappers(model) -> bool:
     return any(type(layer).__name__ == "PruneLowMagnitude" for layer in model.layers)
 
 
+def _weight_name(w) -> str:
+    return getattr(w, "path", None) or w.name
+
+
+def _require_finite_weights(model) -> None:
+    """Refuse NaN/inf weights: they come from a training run that diverged. TF 2.21's
+    converter died with SIGSEGV on such a model (a QAT EfficientNet whose fine-tune
+    diverged), and LiteRT's allocate_tensors() does on the NaN scales they give."""
+    bad = [
+        _weight_name(w)
+        for w in model.weights
+        if not np.all(np.isfinite(np.asarray(w.numpy() if hasattr(w, "numpy") else w)))
+    ]
+    if bad:
+        raise RunFailed(
+            f"the model has NaN/inf weights ({len(bad)} of {len(model.weights)} variables, "
+            f"first {bad[0]}): its training diverged; retrain it before converting"
+        )
+
+
 def kernel_sparsity(model) -> float:
     """Fraction of exactly-zero values over the model's conv/dense kernels."""
     zeros = total = 0
     for w in model.weights:
-        name = getattr(w, "path", None) or w.name
+        name = _weight_name(w)
         if "kernel" not in name or "quantize" in name.split("/")[-1]:
             continue
         value = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
@@ -212,18 +250,21 @@ def _input_shapes(model) -> list[tuple[int, ...]]:
 def _samples(
     calibration, model, count: int, holdout: int, notes: list[str]
 ) -> tuple[np.ndarray | None, np.ndarray, str]:
-    """(calibration rows, verification rows, where the verification rows came from)."""
-    from mobilecv.calibration import load_samples
+    """(calibration rows, verification rows, where the verification rows came from).
+
+    Image rows are mapped to the input range the model declares (mobilecv.modelinfo).
+    """
+    from mobilecv.calibration import cover_range, load_samples
 
     shapes = _input_shapes(model)
+    input_range = get_info(model).input_range
     if calibration is None or len(shapes) != 1:
         if calibration is not None:
             raise InputError("calibration data is supported for single-input models only")
-        rng = np.random.default_rng(0)
-        check = rng.random((holdout, *shapes[0]), dtype=np.float32) if len(shapes) == 1 else None
+        check = _random_rows(holdout, shapes[0], input_range) if len(shapes) == 1 else None
         return None, check, "random"
     if len(shapes[0]) == 3:
-        rows = load_samples(calibration, count + holdout, shapes[0])
+        rows = load_samples(calibration, count + holdout, shapes[0], input_range)
     elif isinstance(calibration, np.ndarray) and calibration.shape[1:] == shapes[0]:
         # A non-image input (a dense layer's vector): rows already shaped like it.
         rows = calibration[: count + holdout].astype(np.float32)
@@ -232,24 +273,88 @@ def _samples(
             f"calibration needs an image input (H, W, C) or an array of rows shaped like the "
             f"input; the model takes {shapes[0]}"
         )
+    calib = cover_range(rows[:count], input_range) if len(shapes[0]) == 3 else rows[:count]
     if len(rows) > count:
-        return rows[:count], rows[count:], "held-out"
+        return calib, rows[count:], "held-out"
     notes.append(
         f"only {len(rows)} samples available: no held-out rows left, verified on calibration samples"
     )
-    return rows, rows[:holdout], "calibration"
+    return calib, rows[:holdout], "calibration"
 
 
-def _make_converter(model, keras3: bool, workdir: Path):
+def _random_rows(n: int, shape, input_range: tuple[float, float]) -> np.ndarray:
+    """Uniform random rows over the model's declared input range."""
+    unit = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+    return map_range(unit, input_range, peak=1.0).astype(np.float32)
+
+
+def _export_saved_model(model, keras3: bool, export_dir: Path) -> None:
+    """Write the SavedModel the converter reads in the worker process. Keras 3: `model.export()`, which captures the
+    variables as constants at conversion time (a plain tf.saved_model.save would leave
+    READ_VARIABLE ops that full-integer calibration rejects). tf_keras: the same
+    tf.saved_model.save call that TFLiteConverter.from_keras_model makes internally
+    (TF 2.21 lite.py, TFLiteKerasModelConverterV2._convert_keras_to_saved_model), so the
+    bytes are those from_keras_model gives (measured: equal but for the conversion
+    metadata's model-type byte), and the worker needs neither Keras nor tfmot."""
     tfm = tf()
-    if not keras3:
-        return tfm.lite.TFLiteConverter.from_keras_model(model)
-    export_dir = workdir / "saved_model"
-    if not export_dir.exists():
-        # export() traces a serving function with variables captured as constants
-        # at conversion time; tf.saved_model.save would leave READ_VARIABLE ops.
-        model.export(str(export_dir), format="tf_saved_model", verbose=False)
-    return tfm.lite.TFLiteConverter.from_saved_model(str(export_dir))
+    with _quiet():
+        if keras3:
+            model.export(str(export_dir), format="tf_saved_model", verbose=False)
+        else:
+            options = tfm.saved_model.SaveOptions(save_debug_info=True)
+            tfm.saved_model.save(model, str(export_dir), options=options)
+
+
+def _conversion_backend(
+    model, keras3: bool, calib: np.ndarray | None, session, notes: list[str]
+) -> Callable[[dict[str, Any]], bytes]:
+    """Settings -> .tflite bytes: in the worker process from an exported SavedModel, so a
+    converter crash fails this conversion only; in this process when the model cannot
+    be saved as a SavedModel (from_keras_model then freezes the Keras graph itself)."""
+    try:
+        session.write_model(lambda path: _export_saved_model(model, keras3, path))
+    except Exception as exc:  # noqa: BLE001 - any save failure has the same remedy
+        if keras3:
+            raise RunFailed(f"cannot export the Keras 3 model: {_first_line(exc)}") from exc
+        notes.append(
+            f"the model cannot be saved as a SavedModel ({_first_line(exc)}): converted in "
+            "this process, where a converter crash would end the process"
+        )
+        return lambda settings: _convert_in_process(model, calib, settings)
+    session.write_calibration(calib)
+    return session.convert
+
+
+def _convert_in_process(model, calib: np.ndarray | None, settings: dict[str, Any]) -> bytes:
+    with _quiet():
+        conv = tf().lite.TFLiteConverter.from_keras_model(model)
+    configure_from_settings(conv, settings, calib)
+    return _run_converter(conv)
+
+
+def _settings(
+    mode: Quantize, io_type: IoType, qat: bool, sparse: bool, per_channel: bool
+) -> dict[str, Any]:
+    """The converter settings, as JSON the worker process reads."""
+    return {
+        "mode": mode.value,
+        "io": io_type.value,
+        "qat": qat,
+        "sparse": sparse,
+        "per_channel": per_channel,
+    }
+
+
+def configure_from_settings(conv, settings: dict[str, Any], calib: np.ndarray | None) -> None:
+    _configure(
+        conv,
+        Quantize(settings["mode"]),
+        IoType(settings["io"]),
+        calib,
+        settings["qat"],
+        settings["sparse"],
+        settings["per_channel"],
+    )
 
 
 def _configure(
@@ -304,6 +409,37 @@ def _run_converter(conv) -> bytes:
         ) from exc
 
 
+def check_request(
+    quantize: str | Quantize,
+    io: str | IoType | None,
+    calibration: object,
+    samples: int,
+    per_channel: bool,
+    qat: bool,
+) -> tuple[Quantize, IoType]:
+    """(mode, I/O type) of a valid request, else an InputError. Needs no TensorFlow, so
+    the CLI checks a request before it loads the model."""
+    mode = parse_choice(Quantize, quantize, "quantize")
+    if samples < 1:
+        raise InputError(f"samples must be >= 1, got {samples}")
+    io_type = _resolve_io(mode, io)
+    if qat and mode not in (Quantize.INT8, Quantize.NONE):
+        raise InputError(
+            f"{mode.value} does not apply to a quantisation-aware-trained model; use int8 "
+            "(or none for a float simulation)"
+        )
+    if not per_channel and (qat or mode not in (Quantize.INT8, Quantize.INT16X8)):
+        raise InputError(
+            "per-tensor weights apply to post-training int8/int16x8 only"
+            + (" (a QAT model's quantisers fix its scales)" if qat else f", not {mode.value}")
+        )
+    if mode in (Quantize.INT8, Quantize.INT16X8) and not qat and calibration is None:
+        raise InputError(
+            f"{mode.value} needs calibration data: pass a dataset name, a .npy/.npz file or an image folder"
+        )
+    return mode, io_type
+
+
 def convert(
     model,
     quantize: str | Quantize = Quantize.NONE,
@@ -330,41 +466,30 @@ def convert(
       two int64 zero points per channel (~24 B, ~7 B after gzip); on the 80%-pruned
       MobileNetV2 of benchmarks/compression.py that is a fifth of the gzip size
       (69 of 341 KB), at some cost in accuracy (0.24 points there).
-    progress: show a tqdm bar on stderr (only when stderr is a terminal).
+    progress: show a bar on stderr when it is a terminal (nothing in a file or pipe).
     """
     start = time.perf_counter()
-    mode = parse_choice(Quantize, quantize, "quantize")
-    if samples < 1:
-        raise InputError(f"samples must be >= 1, got {samples}")
-    io_type = _resolve_io(mode, io)
-    notes: list[str] = []
     qat = _is_qat(model)
-    if qat and mode not in (Quantize.INT8, Quantize.NONE):
-        raise InputError(
-            f"{mode.value} does not apply to a quantisation-aware-trained model; use int8 "
-            "(or none for a float simulation)"
-        )
-    if not per_channel and (qat or mode not in (Quantize.INT8, Quantize.INT16X8)):
-        raise InputError(
-            "per-tensor weights apply to post-training int8/int16x8 only"
-            + (" (a QAT model's quantisers fix its scales)" if qat else f", not {mode.value}")
-        )
+    mode, io_type = check_request(quantize, io, calibration, samples, per_channel, qat)
+    info = get_info(model)  # written into the .tflite as its "mobilecv" metadata
+    start_worker()  # its TensorFlow import overlaps the export and calibration below
+    needs_calibration = mode in (Quantize.INT8, Quantize.INT16X8) and not qat
+    notes: list[str] = []
     if _has_pruning_wrappers(model):
         import tensorflow_model_optimization as tfmot
 
-        model = tfmot.sparsity.keras.strip_pruning(model)
+        model = carry(model, tfmot.sparsity.keras.strip_pruning(model))
         notes.append("stripped pruning wrappers before conversion")
+    _require_finite_weights(model)
     keras3 = is_keras3_model(model)
-    needs_calibration = mode in (Quantize.INT8, Quantize.INT16X8) and not qat
-    if needs_calibration and calibration is None:
-        raise InputError(
-            f"{mode.value} needs calibration data: pass a dataset name, a .npy/.npz file or an image folder"
-        )
     calib, check, data_kind = _samples(
         calibration, model, samples, verify_samples if verify else 0, notes
     )
     if data_kind == "random" and verify:
-        notes.append("no calibration data given: verified on uniform random inputs in [0, 1]")
+        notes.append(
+            "no calibration data given: verified on uniform random inputs over the declared "
+            f"input range ({range_name(info.input_range)})"
+        )
     if sparse is None:
         sparsity = kernel_sparsity(model)
         sparse = sparsity >= SPARSE_THRESHOLD
@@ -373,35 +498,34 @@ def convert(
 
     workdir = Path(tempfile.mkdtemp(prefix="mobilecv-convert-"))
     try:
+        # QAT models carry their ranges and float modes calibrate nothing: no rows then.
+        rows = calib if needs_calibration else None
+        session = Session(workdir, notes)
+        backend = _conversion_backend(model, keras3, rows, session, notes)
 
         def build(use_sparse: bool) -> bytes:
-            with _quiet():
-                conv = _make_converter(model, keras3, workdir)
-            _configure(conv, mode, io_type, calib, qat, use_sparse, per_channel)
-            return _run_converter(conv)
+            return backend(_settings(mode, io_type, qat, use_sparse, per_channel))
 
-        from tqdm import tqdm
-
-        # disable=None: the bar only shows on a terminal, never in logs or pipes.
-        with tqdm(
-            total=2 if verify else 1,
-            desc=f"tflite {mode.value}",
-            unit="stage",
-            disable=None if progress else True,
-            leave=False,
-        ) as bar:
-            bar.set_postfix_str("converting")
+        # A live bar on a terminal only: in a log or pipe the caller's result line (the
+        # CLI's "mode int8 ..., 12.3 s") is the one line of this stage.
+        bar = Progress(
+            f"tflite {mode.value}", 2 if verify else 1, "stage", enabled=progress, summary=False
+        )
+        with bar:
+            bar.note("converting")
             data = build(sparse)
-            bar.update()
+            bar.update(note="converted")
             verification = None
             if verify:
-                bar.set_postfix_str("verifying in LiteRT")
+                bar.note("verifying in LiteRT")
                 data, verification, sparse = _verify_or_repair(
-                    data, model, check, data_kind, mode, sparse, build, notes
+                    data, model, check, data_kind, mode, sparse, build, notes, session.run_litert
                 )
-                bar.update()
+                notes.extend(_verification_notes(verification))
+                bar.update(note="verified in LiteRT")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    data = add_to_tflite(data, info)
     notes.extend(_graph_notes(data, mode))
     return ConversionResult(
         tflite=data,
@@ -451,27 +575,30 @@ def _resolve_io(mode: Quantize, io: str | IoType | None) -> IoType:
     return io_type
 
 
-def _verify_or_repair(data, model, check, data_kind, mode, sparse, build, notes):
-    from ai_edge_litert.interpreter import OpResolverType
+# LiteRT's op resolvers, by name: the default runtime (XNNPACK delegate applied) and
+# the reference kernels alone.
+DEFAULT_RUNTIME = "AUTO"
+NO_DELEGATES = "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
 
+
+def _verify_or_repair(data, model, check, data_kind, mode, sparse, build, notes, litert):
+    """(bytes, Verification, sparse): `litert(data, inputs, resolver)` runs the bytes."""
     try:
-        return data, _verify(data, model, check, data_kind, OpResolverType.AUTO), sparse
-    except _RuntimeFailure as exc:
-        default_error = exc.message
+        return data, _verify(data, model, check, data_kind, DEFAULT_RUNTIME, litert), sparse
+    except RuntimeRefused as exc:
+        default_error = str(exc)
     # The default runtime refused the model. Check the model itself is sound.
     try:
-        fallback = _verify(
-            data, model, check, data_kind, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        )
-    except _RuntimeFailure as exc:
-        raise RunFailed(f"the converted model does not run in LiteRT: {exc.message}") from None
+        fallback = _verify(data, model, check, data_kind, NO_DELEGATES, litert)
+    except RuntimeRefused as exc:
+        raise RunFailed(_refusal(str(exc), mode)) from None
     if sparse:
         # Known trap: sparse quantised weights break the XNNPACK delegate. Dense
         # weights run everywhere; zeros still shrink to nothing under gzip.
         dense = build(False)
         try:
-            verification = _verify(dense, model, check, data_kind, OpResolverType.AUTO)
-        except _RuntimeFailure:
+            verification = _verify(dense, model, check, data_kind, DEFAULT_RUNTIME, litert)
+        except RuntimeRefused:
             pass
         else:
             notes.append(
@@ -487,10 +614,16 @@ def _verify_or_repair(data, model, check, data_kind, mode, sparse, build, notes)
     return data, fallback, sparse
 
 
-class _RuntimeFailure(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+def _refusal(error: str, mode: Quantize) -> str:
+    message = f"the converted model does not run in LiteRT: {error}"
+    if mode is Quantize.INT16X8 and "no_integer_overflow_from_quantization" in error:
+        # A calibrated range of almost zero (a freshly initialised network's collapsed
+        # activations) gives an int16 scale so small that the ReLU6 bound overflows int32.
+        message += (
+            " (an activation's calibrated range is almost zero, as in a freshly initialised "
+            "model: train it first, one epoch is enough, or use int8)"
+        )
+    return message
 
 
 def _first_line(exc: BaseException) -> str:
@@ -498,56 +631,86 @@ def _first_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
-def _verify(data: bytes, model, check: np.ndarray | None, data_kind: str, resolver) -> Verification:
-    from ai_edge_litert.interpreter import Interpreter
+def _verification_inputs(model, check: np.ndarray | None) -> list[np.ndarray]:
+    if check is not None:
+        return [check]
+    # A multi-input model: random rows over the declared range for each input.
+    input_range = get_info(model).input_range
+    return [
+        _random_rows(DEFAULT_VERIFY_SAMPLES, shape, input_range) for shape in _input_shapes(model)
+    ]
+
+
+def _verify(data: bytes, model, check: np.ndarray | None, data_kind: str, resolver: str, litert):
+    """Keras (here, on the caller's model) against LiteRT (`litert`, in the worker process:
+    LiteRT has crashed with SIGSEGV on a model with NaN quantisation scales)."""
+    inputs = _verification_inputs(model, check)
+    reference = _keras_outputs(model, inputs)
+    outputs = litert(data, inputs, resolver)
+    # Map interpreter outputs to Keras outputs by shape order (names differ per route).
+    got = [None] * len(reference)
+    for k, out in zip(
+        _match_outputs([o.shape[1:] for o in outputs], reference), outputs, strict=True
+    ):
+        got[k] = out.reshape(reference[k].shape)
+    errors = np.concatenate([np.abs(g - r).ravel() for g, r in zip(got, reference, strict=True)])
+    top1 = spread = None
+    near_constant = False
+    if reference[0].ndim == 2 and reference[0].shape[1] > 1:
+        spread = float(np.ptp(reference[0]))
+        # All the variation top-1 would rank is within the conversion's error.
+        near_constant = spread <= float(np.abs(got[0] - reference[0]).mean())
+        if not near_constant:
+            top1 = float(np.mean(np.argmax(got[0], 1) == np.argmax(reference[0], 1)))
+    return Verification(
+        runtime="default" if resolver == DEFAULT_RUNTIME else "no-default-delegates",
+        samples=len(inputs[0]),
+        data=data_kind,
+        max_abs_error=float(errors.max()) if errors.size else 0.0,
+        mean_abs_error=float(errors.mean()) if errors.size else 0.0,
+        top1_agreement=top1,
+        output_spread=spread,
+        near_constant_output=near_constant,
+    )
+
+
+def _verification_notes(v: Verification | None) -> list[str]:
+    if v is None or not v.near_constant_output:
+        return []
+    return [
+        f"the Keras class outputs are near-constant (they span {v.output_spread:.3g} over "
+        f"samples and classes, within the conversion's mean |error| {v.mean_abs_error:.3g}), "
+        "as in an untrained model: top-1 agreement means nothing here and is not reported; "
+        f"judge the conversion by its output error (max |err| {v.max_abs_error:.3g})"
+    ]
+
+
+def run_in_litert(data: bytes, inputs: list[np.ndarray], resolver: str) -> list[np.ndarray]:
+    """Run `data` in LiteRT one row at a time: its float outputs, in the interpreter's
+    output order. RuntimeRefused when LiteRT will not prepare or run it."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
         with silenced_stderr():  # "Created TensorFlow Lite XNNPACK delegate" goes to fd 2
-            interp = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
+            interp = Interpreter(
+                model_content=data, experimental_op_resolver_type=OpResolverType[resolver]
+            )
             interp.allocate_tensors()
     except Exception as exc:
-        raise _RuntimeFailure(_first_line(exc)) from None
+        raise RuntimeRefused(_first_line(exc)) from None
     in_details = interp.get_input_details()
     out_details = interp.get_output_details()
-    if check is None:  # multi-input model: random inputs per input tensor
-        rng = np.random.default_rng(0)
-        inputs = [
-            rng.random(
-                (DEFAULT_VERIFY_SAMPLES, *(int(d) for d in det["shape"][1:])), dtype=np.float32
-            )
-            for det in in_details
-        ]
-    else:
-        inputs = [check]
-    n = len(inputs[0])
-    reference = _keras_outputs(model, inputs)
-    got = [np.zeros_like(r) for r in reference]
-    # Map interpreter outputs to Keras outputs by shape order (names differ per route).
-    order = _match_outputs(out_details, reference)
-    for i in range(n):
+    rows = []
+    for i in range(len(inputs[0])):
         for det, x in zip(in_details, inputs, strict=False):
             interp.set_tensor(det["index"], quantize_input(x[i : i + 1], det))
         try:
             with silenced_stderr():
                 interp.invoke()
         except Exception as exc:
-            raise _RuntimeFailure(_first_line(exc)) from None
-        for k, det in zip(order, out_details, strict=True):
-            got[k][i] = dequantize(interp.get_tensor(det["index"]), det).reshape(got[k][i].shape)
-    errors = np.concatenate([np.abs(g - r).ravel() for g, r in zip(got, reference, strict=True)])
-    top1 = None
-    if reference[0].ndim == 2 and reference[0].shape[1] > 1:
-        top1 = float(np.mean(np.argmax(got[0], 1) == np.argmax(reference[0], 1)))
-    from ai_edge_litert.interpreter import OpResolverType
-
-    return Verification(
-        runtime="default" if resolver == OpResolverType.AUTO else "no-default-delegates",
-        samples=n,
-        data=data_kind,
-        max_abs_error=float(errors.max()) if errors.size else 0.0,
-        mean_abs_error=float(errors.mean()) if errors.size else 0.0,
-        top1_agreement=top1,
-    )
+            raise RuntimeRefused(_first_line(exc)) from None
+        rows.append([dequantize(interp.get_tensor(det["index"]), det) for det in out_details])
+    return [np.concatenate(parts) for parts in zip(*rows, strict=True)]
 
 
 def _keras_outputs(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -564,14 +727,14 @@ def _keras_outputs(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
 
-def _match_outputs(details, reference) -> list[int]:
-    if len(details) == 1:
+def _match_outputs(shapes, reference) -> list[int]:
+    """For each interpreter output shape (no batch axis), the index of its Keras output."""
+    if len(shapes) == 1:
         return [0]
     remaining = list(range(len(reference)))
     order = []
-    for det in details:
-        shape = tuple(int(d) for d in det["shape"][1:])
-        k = next((r for r in remaining if reference[r].shape[1:] == shape), remaining[0])
+    for shape in shapes:
+        k = next((r for r in remaining if reference[r].shape[1:] == tuple(shape)), remaining[0])
         remaining.remove(k)
         order.append(k)
     return order
@@ -614,10 +777,39 @@ def load_keras_model(path: str | os.PathLike):
             return load_model(path)
 
 
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+# tfmot's QAT layers, as a saved model config names them (QuantizeWrapperV2, QuantizeLayer).
+_QAT_CLASS = re.compile(r'"class_name":\s*"Quantize(Wrapper|Layer)')
+
+
+def model_is_qat(spec: str | os.PathLike) -> bool | None:
+    """Whether MODEL (a file or a registered name, as `resolve_model` takes it) is a
+    tfmot QAT model, read from the file's config without TensorFlow; None when the
+    file cannot tell (it is then loaded, and the loader reports what is wrong)."""
+    path = Path(spec)
+    if not path.exists():
+        return None if path.suffix in MODEL_SUFFIXES else False  # names build untrained
+    try:
+        if path.suffix == ".keras":
+            import zipfile
+
+            with zipfile.ZipFile(path) as archive:
+                config = archive.read("config.json").decode()
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                config = h5.attrs["model_config"]
+            config = config.decode() if isinstance(config, bytes) else str(config)
+    except Exception:  # noqa: BLE001 - unreadable here; loading the model will say why
+        return None
+    return bool(_QAT_CLASS.search(config))
+
+
 def resolve_model(spec: str | os.PathLike):
     """A model file path, or the name of a registered mobilecv model (built untrained)."""
     path = Path(spec)
-    if path.exists() or path.suffix in (".keras", ".h5", ".hdf5"):
+    if path.exists() or path.suffix in MODEL_SUFFIXES:
         return load_keras_model(path)
     import mobilecv
 

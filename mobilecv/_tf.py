@@ -12,6 +12,8 @@ import os
 import sys
 from types import ModuleType
 
+from mobilecv.errors import InputError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 
@@ -68,7 +70,7 @@ def get_keras(keras: str | ModuleType | None = None) -> ModuleType:
         return keras
     name = keras or "tf_keras"
     if name not in KERAS_CHOICES:
-        raise ValueError(f"keras must be one of {', '.join(KERAS_CHOICES)}, got {name!r}")
+        raise InputError(f"keras must be one of {', '.join(KERAS_CHOICES)}, got {name!r}")
     tf()
     with silenced_stderr():
         if name == "tf_keras":

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from mobilecv.errors import InputError
+
 BLOCK_KINDS = {
     "ds": "depthwise separable (MobileNetV1)",
     "ir": "inverted residual / MBConv (MobileNetV2, EfficientNet)",
@@ -38,10 +40,10 @@ class StageSpec:
 
     def __post_init__(self):
         if self.kind not in BLOCK_KINDS:
-            raise ValueError(f"unknown block kind {self.kind!r}; known: {', '.join(BLOCK_KINDS)}")
+            raise InputError(f"unknown block kind {self.kind!r}; known: {', '.join(BLOCK_KINDS)}")
         for field in ("repeats", "kernel", "stride", "channels", "expand"):
             if getattr(self, field) < 1:
-                raise ValueError(f"block {field} must be >= 1, got {getattr(self, field)}")
+                raise InputError(f"block {field} must be >= 1, got {getattr(self, field)}")
 
 
 def decode(spec: str) -> StageSpec:
@@ -51,11 +53,11 @@ def decode(spec: str) -> StageSpec:
     for token in tokens:
         match = _TOKEN.match(token)
         if not match:
-            raise ValueError(f"bad token {token!r} in block string {spec!r}")
+            raise InputError(f"bad token {token!r} in block string {spec!r}")
         values[match.group(1)] = float(match.group(2))
     missing = {"r", "k", "s", "c"} - values.keys()
     if missing:
-        raise ValueError(f"block string {spec!r} lacks {', '.join(sorted(missing))}")
+        raise InputError(f"block string {spec!r} lacks {', '.join(sorted(missing))}")
     return StageSpec(
         kind=kind,
         repeats=int(values["r"]),

@@ -1,10 +1,12 @@
 """Calibration and verification samples for post-training quantisation.
 
 A source is an array, a `.npy`/`.npz` file, an image folder in `class/*.jpg`
-layout, or a dataset name looked up in `CALIBRATION_SOURCES`. Whatever the
-source, samples come back as float32 NHWC in [0, 1], resized and
-channel-matched to the model's input, in a fixed shuffled order so the first
-`samples` rows calibrate and the next rows are held out for verification.
+layout, or a dataset name looked up in `CALIBRATION_SOURCES`; its images hold
+pixels 0..255 (uint8, or float above 1.5) or floats in [0, 1]. Whatever the
+source, samples come back as float32 NHWC in the input range the model declares
+(`mobilecv.modelinfo`, [0, 1] by default), resized and channel-matched to the
+model's input, in a fixed shuffled order so the first `samples` rows calibrate
+and the next rows are held out for verification.
 Named datasets only ever read their TRAIN split: the test split is kept for
 evaluation and is never used to calibrate or tune.
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mobilecv.errors import InputError
+from mobilecv.fileio import load_numpy, read_image_rgb
+from mobilecv.modelinfo import UNIT_RANGE, map_range
 
 # name -> loader(count) returning up to `count` train-split images (N, H, W[, C]),
 # uint8 or float in [0, 1]. The data package registers its datasets here too.
@@ -80,8 +84,10 @@ def load_samples(
     source: str | os.PathLike | np.ndarray,
     count: int,
     input_shape: tuple[int, int, int],
+    input_range: tuple[float, float] = UNIT_RANGE,
 ) -> np.ndarray:
-    """Return up to `count` samples from `source` shaped to `input_shape` (H, W, C)."""
+    """Return up to `count` samples from `source` shaped to `input_shape` (H, W, C),
+    with values in `input_range` (the model's declared input range)."""
     if count < 1:
         raise InputError(f"samples must be >= 1, got {count}")
     if isinstance(source, np.ndarray):
@@ -92,7 +98,7 @@ def load_samples(
         if text in CALIBRATION_SOURCES:
             images = CALIBRATION_SOURCES[text](count)
         elif path.suffix == ".npy" and path.is_file():
-            images = _shuffled(np.load(path, allow_pickle=False))[:count]
+            images = _shuffled(load_numpy(path))[:count]
         elif path.suffix == ".npz" and path.is_file():
             images = _shuffled(_npz_images(path))[:count]
         elif path.is_dir():
@@ -109,11 +115,26 @@ def load_samples(
         raise InputError(
             f"calibration source {source if not isinstance(source, np.ndarray) else 'array'} is empty"
         )
-    return fit_to_input(np.asarray(images), input_shape)
+    return fit_to_input(np.asarray(images), input_shape, input_range)
+
+
+def cover_range(rows: np.ndarray, input_range: tuple[float, float]) -> np.ndarray:
+    """A copy of the calibration rows whose first and last values are the range's bounds.
+
+    The converter quantises the model input over the min and max it sees while
+    calibrating; resized images rarely reach the exact bounds (Fashion-MNIST at 32 px
+    peaks at 254.x), and an input tensor that stops short clips valid inputs. Two values
+    out of the whole set move the other layers' statistics by no more than any bright or
+    dark pixel of a real image does.
+    """
+    out = np.array(rows, dtype=np.float32, copy=True)
+    if out.size >= 2:
+        out.flat[0], out.flat[-1] = input_range
+    return out
 
 
 def _npz_images(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
+    with load_numpy(path) as npz:
         for key in ("x_train", "x", "images", "train_images", "arr_0"):
             if key in npz.files:
                 return npz[key]
@@ -125,8 +146,6 @@ def _npz_images(path: Path) -> np.ndarray:
 
 
 def _folder_images(root: Path, count: int) -> np.ndarray:
-    from PIL import Image
-
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     files = [f for c in classes for f in sorted(c.iterdir()) if f.suffix.lower() in _IMAGE_SUFFIXES]
     if not files:
@@ -134,10 +153,7 @@ def _folder_images(root: Path, count: int) -> np.ndarray:
     if not files:
         raise InputError(f"{root}: no images found (expected class/*.jpg)")
     order = np.random.default_rng(_SEED).permutation(len(files))[:count]
-    images = []
-    for i in order:
-        with Image.open(files[i]) as img:
-            images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    images = [read_image_rgb(files[i]) for i in order]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:  # mixed sizes: bring all to the first one before stacking
         h, w = images[0].shape[:2]
@@ -145,8 +161,12 @@ def _folder_images(root: Path, count: int) -> np.ndarray:
     return np.stack(images)
 
 
-def fit_to_input(images: np.ndarray, input_shape: tuple[int, int, int]) -> np.ndarray:
-    """Scale to float [0, 1], add/match channels and resize to (H, W, C)."""
+def fit_to_input(
+    images: np.ndarray,
+    input_shape: tuple[int, int, int],
+    input_range: tuple[float, float] = UNIT_RANGE,
+) -> np.ndarray:
+    """Scale to [0, 1], add/match channels, resize to (H, W, C), map onto `input_range`."""
     h, w, c = (int(d) for d in input_shape)
     x = np.asarray(images)
     if x.ndim == 2:
@@ -155,6 +175,11 @@ def fit_to_input(images: np.ndarray, input_shape: tuple[int, int, int]) -> np.nd
         x = x[..., None]
     if x.ndim != 4:
         raise InputError(f"calibration samples must be images (N, H, W[, C]); got shape {x.shape}")
+    if x.size and x.dtype != np.uint8 and float(np.min(x)) < 0.0:
+        raise InputError(
+            "calibration images must hold pixels 0..255 or floats in [0, 1] (they are mapped "
+            f"to the model's input range); got values down to {float(np.min(x)):.3g}"
+        )
     if x.dtype == np.uint8 or (x.size and float(np.max(x)) > 1.5):
         x = x.astype(np.float32) / 255.0
     x = x.astype(np.float32)
@@ -167,7 +192,7 @@ def fit_to_input(images: np.ndarray, input_shape: tuple[int, int, int]) -> np.nd
             raise InputError(f"cannot map {x.shape[-1]}-channel samples to a {c}-channel input")
     if x.shape[1:3] != (h, w):
         x = _resize(x, h, w)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(map_range(x, input_range, peak=1.0), dtype=np.float32)
 
 
 def _resize(x: np.ndarray, h: int, w: int) -> np.ndarray:

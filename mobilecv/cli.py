@@ -8,15 +8,43 @@ from pathlib import Path
 
 import click
 
-from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
+from mobilecv.cliutil import (
+    DEBUG_ENV,
+    echo_json,
+    errors_reported,
+    force_option,
+    handle_errors,
+    json_option,
+)
+from mobilecv.errors import InputError, UnknownName
+from mobilecv.modelinfo import InputRange
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+class _Group(click.Group):
+    """The command group; an exception that escapes a command is still reported by the
+    error policy (one line and an exit code), whichever command raised it."""
+
+    def invoke(self, ctx: click.Context):
+        with errors_reported():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 @click.version_option(package_name="mobilecv")
-def main() -> None:
-    """Build, compress, convert and benchmark mobile CNNs for TFLite."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the traceback of an error (also: {DEBUG_ENV}=1).",
+)
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Build, compress, convert and benchmark mobile CNNs for TFLite.
+
+    Exit codes: 0 ok, 1 failed run (or an internal error), 2 bad input.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 def _parse_option(text: str):
@@ -41,6 +69,12 @@ def scaling_options(fn):
         ),
         click.option("--classes", type=int, help="Number of classes (default 1000)."),
         click.option("--input-channels", type=int, help="Input channels, e.g. 1 for grayscale."),
+        click.option(
+            "--input-range",
+            type=click.Choice([r.value for r in InputRange]),
+            help="Input range the model declares and is fed: unit [0, 1] (default), "
+            "pixels [0, 255], symmetric [-1, 1].",
+        ),
         click.option("--dropout", type=float, help="Dropout before the classifier."),
         click.option("--no-top", is_flag=True, help="Drop the classifier head."),
         click.option(
@@ -81,7 +115,7 @@ def list_cmd(pattern: str, as_json: bool) -> None:
 
     rows = zoo_rows(pattern)
     if not rows:
-        raise KeyError(f"no model matches {pattern!r}")
+        raise UnknownName(f"no model matches {pattern!r}")
     if as_json:
         echo_json(rows)
         return
@@ -97,7 +131,9 @@ def list_cmd(pattern: str, as_json: bool) -> None:
 @click.argument("name")
 @scaling_options
 @click.option(
-    "--weights", type=click.Path(dir_okay=False), help="Weights file (.h5/.keras) to load."
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Weights file (.h5/.keras) to load.",
 )
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="OUT.keras or OUT.h5"
@@ -109,10 +145,15 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
     """Build model NAME at any width, depth and resolution and save it."""
     import mobilecv
     from mobilecv.fileio import check_writable
-    from mobilecv.modelio import save_model
+    from mobilecv.modelio import check_model_suffix, save_model
+    from mobilecv.models.weights import check_weights_file
     from mobilecv.profiling import profile
 
+    # Refuse a bad output before the build, which can take a minute.
+    check_model_suffix(output)
     check_writable(output, force)
+    if weights:
+        check_weights_file(weights)
     knobs = _knobs(**scaling)
     model = mobilecv.build(name, keras=keras, weights=weights, **knobs)
     save_model(model, output, force=force)
@@ -138,7 +179,9 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
 @main.command("profile")
 @click.argument("target")
 @scaling_options
-@click.option("--top", type=int, help="Show only the N layers with the most MACs.")
+@click.option(
+    "--top", type=click.IntRange(min=1), help="Show only the N layers with the most MACs."
+)
 @click.option(
     "--sliding-window",
     metavar="SIZE",
@@ -154,11 +197,11 @@ def profile_cmd(target, keras, top, sliding_window, as_json, **scaling) -> None:
     from mobilecv.registry import resolve
 
     knobs = _knobs(**scaling)
-    if Path(target).suffix in (".keras", ".h5", ".hdf5"):
+    if Path(target).suffix in (".keras", ".h5", ".hdf5") or Path(target).exists():
         from mobilecv.modelio import load_model
 
         if knobs:
-            raise ValueError("scaling flags apply to model names, not to a model file")
+            raise InputError("scaling flags apply to model names, not to a model file")
         model = load_model(target)
         prof = profile(model)
     else:

@@ -1,32 +1,84 @@
-"""Shared CLI plumbing: exit codes, one-line errors, JSON output."""
+"""Shared CLI plumbing: exit codes, one-line errors, JSON output.
+
+The error policy (mobilecv/errors.py): bad input exits 2 and a failed run exits 1, each
+with one `Error: ...` line; any other exception is a bug in mobilecv and exits 1 with a
+one-line "internal error" summary, its traceback shown only with `mobilecv --debug` or
+MOBILECV_DEBUG=1.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-from mobilecv.errors import InputError, RunFailed
+from mobilecv.errors import InputError, RunFailed, one_line
 
-# Exceptions that mean "bad input" (exit 2). Library code raises these for user
-# mistakes (DESIGN point 14); anything else is a failed run (exit 1).
-INPUT_ERRORS = (
-    InputError,
-    ValueError,
-    KeyError,
-    FileNotFoundError,
-    FileExistsError,
-    IsADirectoryError,
-)
+DEBUG_ENV = "MOBILECV_DEBUG"
+BAD_INPUT, FAILED = 2, 1
 
 
-def _one_line(exc: BaseException) -> str:
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    text = str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
-    return text
+def debug_enabled() -> bool:
+    """True under `mobilecv --debug` or MOBILECV_DEBUG=1: errors show their traceback."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and (ctx.find_root().obj or {}).get("debug"))
+
+
+def _os_error_line(exc: OSError) -> str:
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    return one_line(exc)
+
+
+def classify(exc: BaseException, debug: bool = False) -> tuple[int, str]:
+    """(exit code, one-line message) for an exception that reached the CLI."""
+    if isinstance(exc, InputError):
+        return BAD_INPUT, one_line(exc)
+    if isinstance(exc, RunFailed):
+        return FAILED, one_line(exc)
+    if isinstance(exc, OSError):  # the file system: permission denied, disk full, ...
+        return FAILED, _os_error_line(exc)
+    if isinstance(exc, MemoryError):  # the machine, not the code
+        return FAILED, f"out of memory ({one_line(exc)})"
+    how = (
+        "with the traceback above"
+        if debug
+        else f"with the traceback that `mobilecv --debug ...` (or {DEBUG_ENV}=1) shows"
+    )
+    return FAILED, (
+        f"internal error ({type(exc).__name__}: {one_line(exc)}). "
+        f"This is a bug in mobilecv: please report it {how}"
+    )
+
+
+def report_error(exc: BaseException) -> None:
+    """Print `Error: ...` (after the traceback under --debug) and exit with its code."""
+    debug = debug_enabled()
+    code, message = classify(exc, debug)
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def errors_reported() -> Iterator[None]:
+    """Report any exception of the block by the policy above, exiting with its code."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise  # click's own usage errors keep their exit code (2)
+    except Exception as exc:  # noqa: BLE001 - every error gets one line and a code
+        report_error(exc)
 
 
 def handle_errors(fn):
@@ -34,18 +86,8 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with errors_reported():
             return fn(*args, **kwargs)
-        except click.exceptions.Exit:
-            raise
-        except click.ClickException:
-            raise
-        except RunFailed as exc:
-            click.echo(f"Error: {_one_line(exc)}", err=True)
-            sys.exit(1)
-        except INPUT_ERRORS as exc:
-            click.echo(f"Error: {_one_line(exc)}", err=True)
-            sys.exit(2)
 
     return wrapper
 

@@ -19,10 +19,16 @@ from mobilecv._tf import silenced_stderr
 
 
 class TfliteModel:
-    """A LiteRT interpreter with float-in, float-out batch prediction."""
+    """A LiteRT interpreter with float-in, float-out batch prediction.
+
+    `info` is the model's mobilecv metadata (its declared input range; the default
+    [0, 1] when the file has none): `predict` takes inputs already in that range.
+    """
 
     def __init__(self, model: bytes | str | os.PathLike, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
+
+        from mobilecv.modelinfo import ModelInfo, read_info
 
         kwargs = (
             {"model_content": model}
@@ -34,6 +40,7 @@ class TfliteModel:
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.info = read_info(model) or ModelInfo()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -50,6 +57,31 @@ class TfliteModel:
             self.interpreter.invoke()
             out.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
         return np.concatenate(out)
+
+
+def stem_input_levels(model: bytes, x: np.ndarray) -> int:
+    """Distinct int8 values the input of the first CONV_2D (the stem) takes over `x`
+    (rows already in the model's input range): how much of the image survives int8."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from mobilecv.converters.tflite import quantize_input
+    from mobilecv.tflite_graph import load
+
+    stem = next(op for op in load(model).ops if op.opcode == "CONV_2D")
+    with silenced_stderr():
+        interp = Interpreter(
+            model_content=model,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_preserve_all_tensors=True,  # keeps the intermediate tensors readable
+        )
+        interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    levels: set[int] = set()
+    for row in x:
+        interp.set_tensor(detail["index"], quantize_input(row[None], detail))
+        interp.invoke()
+        levels.update(np.unique(interp.get_tensor(stem.inputs[0])).tolist())
+    return len(levels)
 
 
 def top1(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -88,7 +120,8 @@ def test_time_techniques(
 ) -> list[dict]:
     """Single-crop, 10-crop and ensemble accuracy with their latency cost, on one split.
 
-    ``x`` holds images at the model's resolution (float, already scaled as for training).
+    ``x`` holds images at the model's resolution, in its declared input range
+    (`mobilecv.data.datasets.model_inputs`).
     """
     first = models[0]
     size = first.input_shape[1]

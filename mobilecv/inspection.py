@@ -3,8 +3,10 @@
 `read_tflite(path_or_bytes)` reads the file with `mobilecv.tflite_graph` (the one
 TF-free .tflite reader, shared with `mobilecv.bench`) and adds the analysis on top:
 weights and their sparsity, the quantisation mode, ops left in float inside an
-integer model, custom and unknown ops, the size breakdown. The result is a tree of
-plain dataclasses (the `--json` schema); `format_report` turns it into text.
+integer model, custom and unknown ops, the size breakdown, the metadata entries and
+mobilecv's model info (the declared input range, task and source; mobilecv.modelinfo).
+The result is a tree of plain dataclasses (the `--json` schema); `format_report` turns
+it into text.
 
 MACs here are the multiply-accumulates of the weight ops (conv, dense, matmul), the
 convention `mobilecv profile` uses; the benchmark's estimator also counts elementwise
@@ -21,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from mobilecv import tflite_graph
+from mobilecv.errors import InputError
+from mobilecv.modelinfo import METADATA_NAME, ModelInfo, range_name
 from mobilecv.tflite_graph import WEIGHT_OPS, Graph, Op, Tensor
 
 _FLOAT_TYPES = {"float32", "float16", "bfloat16", "float64"}
@@ -99,6 +103,9 @@ class TfliteGraph:
     weight_dtypes: dict[str, int] = field(default_factory=dict)
     tensor_dtypes: dict[str, int] = field(default_factory=dict)
     macs_by_op: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, int] = field(default_factory=dict)  # entry name -> payload bytes
+    # mobilecv's model info (ModelInfo.to_dict()), {"error": ...} if unreadable, None if absent
+    model_info: dict[str, Any] | None = None
 
     @property
     def weight_sparsity(self) -> float:
@@ -130,6 +137,8 @@ class TfliteGraph:
             "float_ops": self.float_ops,
             "custom_ops": self.custom_ops,
             "unknown_ops": self.unknown_ops,
+            "metadata": self.metadata,
+            "mobilecv": self.model_info,
         }
         if tensors:
             out["tensors"] = [asdict(t) for t in self.tensors]
@@ -222,7 +231,19 @@ def analyse(graph: Graph) -> TfliteGraph:
         weight_dtypes=dict(weight_dtypes.most_common()),
         tensor_dtypes=dict(tensor_dtypes.most_common()),
         macs_by_op=dict(macs_by_op.most_common()),
+        metadata={name: len(payload) for name, payload in graph.metadata.items()},
+        model_info=_model_info(graph),
     )
+
+
+def _model_info(graph: Graph) -> dict[str, Any] | None:
+    payload = graph.metadata.get(METADATA_NAME)
+    if payload is None:
+        return None
+    try:
+        return ModelInfo.from_json(payload).to_dict()
+    except InputError as exc:
+        return {"error": str(exc)}
 
 
 def _numel(shape) -> int:
@@ -372,4 +393,25 @@ def format_report(graph: TfliteGraph, title: str = "") -> str:
         lines.append("custom ops: " + ", ".join(graph.custom_ops))
     if graph.unknown_ops:
         lines.append("unknown ops (newer schema?): " + ", ".join(graph.unknown_ops))
+    if graph.metadata:
+        entries = ", ".join(f"{name} ({size} B)" for name, size in graph.metadata.items())
+        lines.append(f"metadata: {entries}")
+    lines.append(_format_model_info(graph.model_info))
     return "\n".join(lines)
+
+
+def _format_model_info(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return "mobilecv info: none (input range not declared; feeders assume [0, 1])"
+    if "error" in info:
+        return f"mobilecv info: unreadable ({info['error']})"
+    named = range_name(tuple(info["input_range"]))
+    lo, hi = info["input_range"]
+    text = f"mobilecv info: input range [{lo:g}, {hi:g}]"
+    text += "" if named.startswith("[") else f" ({named})"
+    text += f", task {info['task']}"
+    source = dict(info.get("source") or {})
+    if source:
+        knobs = ", ".join(f"{k}={v}" for k, v in source.items() if k != "model")
+        text += f", from {source.get('model', '?')}" + (f" ({knobs})" if knobs else "")
+    return text

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from types import ModuleType
 
+from mobilecv.errors import InputError
+
 BN_EPSILON = 1e-3
 
 
@@ -163,7 +165,7 @@ DIMS = (1, 2, 3)
 def check_dims(dims: int) -> int:
     """Spatial dimensions: 1 (signals such as ECG), 2 (images), 3 (volumes, video)."""
     if dims not in DIMS:
-        raise ValueError(f"dims must be 1, 2 or 3, got {dims!r}")
+        raise InputError(f"dims must be 1, 2 or 3, got {dims!r}")
     return int(dims)
 
 
@@ -326,13 +328,13 @@ def residual_block(
                         1, strides=stride, name=f"{name}_0_subsample"
                     )(short)
                 if out_channels < in_channels:
-                    raise ValueError("shortcut='pad' cannot shrink channels")
+                    raise InputError("shortcut='pad' cannot shrink channels")
                 if out_channels > in_channels:
                     short = _custom_layer(K, "ChannelZeroPad")(
                         out_channels - in_channels, name=f"{name}_0_pad"
                     )(short)
             else:
-                raise ValueError(f"shortcut must be 'projection' or 'pad', got {shortcut!r}")
+                raise InputError(f"shortcut must be 'projection' or 'pad', got {shortcut!r}")
         x = K.layers.Add(name=f"{name}_add")([short, x])
     return relu(x, "out")
 
@@ -375,7 +377,7 @@ def edge_filter(
     try:
         kind = EdgeKind(kind)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"unknown edge filter {kind!r}; kinds: {', '.join(k.value for k in EdgeKind)}"
         ) from None
     K = keras if isinstance(keras, ModuleType) else get_keras(keras)

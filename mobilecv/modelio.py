@@ -1,4 +1,8 @@
-"""Reading and writing Keras model files with either Keras implementation."""
+"""Reading and writing Keras model files with either Keras implementation.
+
+Files keep the model's mobilecv info (input range, task, source; mobilecv.modelinfo)
+beside what Keras writes, and loading sets it on the model again.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import re
 import zipfile
 
 from mobilecv._tf import get_keras, silenced_stderr
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, MissingFile
 from mobilecv.fileio import atomic_path
+from mobilecv.modelinfo import get_info, read_keras_file, set_info, write_keras_file
 
 
 def _saved_by_keras3(path: str) -> bool:
@@ -31,10 +36,11 @@ def load_model(path: str | os.PathLike, keras: str | None = None):
     tf_keras is tried first for .h5 and tf_keras-written .keras files; Keras 3 for files
     Keras 3 wrote. mobilecv's own layers are registered first. A file neither Keras can
     read is an InputError of one line: the file and the reason of the Keras that wrote it.
+    The mobilecv info stored in the file, if any, is set on the model.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFile(f"model file not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a folder, not a .keras or .h5 model file")
     if not path.endswith((".keras", ".h5", ".hdf5")):
@@ -51,9 +57,12 @@ def load_model(path: str | os.PathLike, keras: str | None = None):
         K = get_keras(name)
         try:
             with silenced_stderr():
-                return K.models.load_model(path, compile=False)
+                model = K.models.load_model(path, compile=False)
         except Exception as exc:  # noqa: BLE001 - try the other Keras before giving up
             reasons.append(f"{name}: {load_error_reason(exc)}")
+            continue
+        info = read_keras_file(path)
+        return model if info is None else set_info(model, info)
     # The first Keras tried is the one that wrote the file; its reason is the useful one.
     raise InputError(f"cannot load {path} as a Keras model ({reasons[0]})")
 
@@ -74,10 +83,17 @@ def load_error_reason(exc: BaseException) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
-def save_model(model, path: str | os.PathLike, force: bool = False) -> None:
-    """Save atomically; the file suffix picks the format (.keras or .h5)."""
+def check_model_suffix(path: str | os.PathLike) -> str:
+    """`path` if it names a model file Keras can write (.keras or .h5), else an InputError."""
     path = os.fspath(path)
     if not path.endswith((".keras", ".h5")):
         raise InputError(f"{path}: the output must end in .keras or .h5")
+    return path
+
+
+def save_model(model, path: str | os.PathLike, force: bool = False) -> None:
+    """Save atomically; the file suffix picks the format (.keras or .h5)."""
+    path = check_model_suffix(path)
     with atomic_path(path, force) as tmp, silenced_stderr():
         model.save(str(tmp))
+        write_keras_file(tmp, get_info(model))

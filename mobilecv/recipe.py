@@ -22,14 +22,10 @@ import yaml
 
 from mobilecv.compress.prune import Allocation, PrunePolicy
 from mobilecv.converters.tflite import Quantize as QuantMode
-from mobilecv.errors import InputError
+from mobilecv.distribute import Strategy
+from mobilecv.errors import InputError, MissingFile
+from mobilecv.modelinfo import InputRange
 from mobilecv.train import Optimizer, Schedule
-
-
-class Strategy(enum.StrEnum):
-    DEFAULT = "default"
-    MIRRORED = "mirrored"
-    MULTI_WORKER = "multi_worker"
 
 
 @dataclass(frozen=True)
@@ -40,6 +36,7 @@ class ModelSpec:
     resolution: int | None = None
     classes: int | None = None
     input_channels: int | None = None
+    input_range: InputRange | None = None  # unit | pixels | symmetric; None: the default (unit)
     options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
 
@@ -48,7 +45,25 @@ class ModelSpec:
 class DataSpec:
     dataset: str = "fashion_mnist"
     limit: int | None = None  # use only the first N training images (small CI runs)
-    test_limit: int | None = None
+    # Keep only these classes, relabelled 0..n-1 in this order (train, calibration, test).
+    classes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A first stage training the same network on other classes, whose trunk the model
+    then starts from (moved by layer name; the head is new). Off while epochs is 0."""
+
+    epochs: int = 0
+    dataset: str | None = None  # default: data.dataset
+    classes: tuple[int, ...] = ()  # relabelled 0..n-1; empty: every class of the dataset
+    limit: int | None = None
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    augment: tuple[str, ...] = ()  # optimizer and schedule: those of train
+    # A `compare` step: the same network trained from scratch on the same images, with
+    # the same epochs and settings as `train`, against the transferred model.
+    compare_scratch: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class Recipe:
     description: str = ""
     seed: int = 0
     model: ModelSpec = field(default_factory=ModelSpec)
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     compress: CompressSpec = field(default_factory=CompressSpec)
@@ -229,19 +245,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _apply_override(data: dict, path: list[str], value, text: str) -> None:
     node = data
     for key in path[:-1]:
-        if isinstance(node, list):
-            try:
-                node = node[int(key)]
-                continue
-            except (ValueError, IndexError):
-                raise InputError(f"--set {text!r}: {key!r} is not an index of a list") from None
-        node = node.setdefault(key, {})
+        node = _child(node, key, text)
         if not isinstance(node, (dict, list)):
             raise InputError(f"--set {text!r}: {key!r} is not a section")
     if isinstance(node, list):
-        node[int(path[-1])] = value
+        node[_list_index(node, path[-1], text)] = value
     else:
         node[path[-1]] = value
+
+
+def _child(node: dict | list, key: str, text: str):
+    """The item `key` of a section (created if missing) or of a list (which must have it)."""
+    if isinstance(node, list):
+        return node[_list_index(node, key, text)]
+    return node.setdefault(key, {})
+
+
+def _list_index(items: list, key: str, text: str) -> int:
+    """`key` as an index of `items`: a whole number below its length."""
+    if not key.isdigit():
+        raise InputError(f"--set {text!r}: {key!r} is not an index of a list (0, 1, ...)")
+    if int(key) >= len(items):
+        raise InputError(
+            f"--set {text!r}: index {key} is past the end of a list of {len(items)} items"
+        )
+    return int(key)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -262,13 +290,15 @@ def builtin_recipes() -> list[str]:
 
 def find(name_or_path: str | os.PathLike) -> Path:
     """A recipe by path, or by the name of a shipped recipe."""
+    if not str(name_or_path).strip():
+        raise InputError(f"give a recipe: a .yaml path or one of {', '.join(builtin_recipes())}")
     path = Path(name_or_path)
     if path.exists():
         return path
     shipped = resources.files("mobilecv.recipes").joinpath(f"{name_or_path}.yaml")
     if shipped.is_file():
         return Path(str(shipped))
-    raise FileNotFoundError(
+    raise MissingFile(
         f"recipe {str(name_or_path)!r} not found; shipped recipes: {', '.join(builtin_recipes())}"
     )
 
@@ -276,11 +306,15 @@ def find(name_or_path: str | os.PathLike) -> Path:
 def load(name_or_path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Recipe:
     path = find(name_or_path)
     source = str(path)
+    if path.is_dir():
+        raise RecipeError(f"{source}: is a folder, not a recipe .yaml file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         first = str(exc).replace("\n", " ")
         raise RecipeError(f"{source}: not valid YAML (safe loader): {first}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{source}: not a text file (not UTF-8), so not a YAML recipe") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the top level must be a mapping")
     data = _merge(Recipe().to_dict(), data)
@@ -289,7 +323,44 @@ def load(name_or_path: str | os.PathLike, overrides: typing.Sequence[str] = ()) 
         if not keys:
             raise InputError(f"--set {text!r}: empty key")
         _apply_override(data, keys, value, text)
-    return _decode_dataclass(Recipe, data, "", source)
+    recipe = _decode_dataclass(Recipe, data, "", source)
+    _check_ranges(recipe, source)
+    return recipe
+
+
+def _check_ranges(recipe: Recipe, source: str) -> None:
+    """Numbers out of range fail here, not in a step minutes later (or silently)."""
+    t, c = recipe.train, recipe.compress
+    # (key path, value, bound, whether the bound itself is excluded)
+    checks = [
+        ("seed", recipe.seed, 0, False),
+        ("data.limit", recipe.data.limit, 1, False),
+        ("pretrain.epochs", recipe.pretrain.epochs, 0, False),
+        ("pretrain.limit", recipe.pretrain.limit, 1, False),
+        ("pretrain.batch_size", recipe.pretrain.batch_size, 1, False),
+        ("pretrain.learning_rate", recipe.pretrain.learning_rate, 0, True),
+        ("train.epochs", t.epochs, 0, False),
+        ("train.batch_size", t.batch_size, 1, False),
+        ("train.learning_rate", t.learning_rate, 0, True),
+        ("compress.prune", c.prune, 0, True),
+        ("compress.cluster", c.cluster, 2, False),
+        ("compress.epochs", c.epochs, 1, False),
+        ("compress.learning_rate", c.learning_rate, 0, True),
+        ("evaluate.test_samples", recipe.evaluate.test_samples, 1, False),
+        ("evaluate.ensemble", recipe.evaluate.ensemble, 1, False),
+    ]
+    checks += [
+        (f"devices[{i}].max_latency_ms", d.max_latency_ms, 0, True)
+        for i, d in enumerate(recipe.devices)
+    ]
+    for where, value, bound, excluded in checks:
+        if value is not None and (value <= bound if excluded else value < bound):
+            need = f"> {bound}" if excluded else f">= {bound}"
+            raise RecipeError(f"{source}: {where}: must be {need}, got {value}")
+    if c.prune is not None and c.prune >= 1:
+        raise RecipeError(f"{source}: compress.prune: must be < 1 (a sparsity), got {c.prune}")
+    if not recipe.convert.modes:
+        raise RecipeError(f"{source}: convert.modes: give at least one mode")
 
 
 def dump(recipe: Recipe) -> str:

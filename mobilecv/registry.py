@@ -4,8 +4,13 @@ Every builder has the same keyword-only signature (DESIGN point 7)::
 
     builder(*, width, depth, resolution, classes, include_top, input_channels, keras, **family)
 
-``build`` validates the common knobs, fills family defaults, and loads weights. A knob a
-family cannot honour raises ValueError naming it.
+plus the common knob ``input_range`` (unit | pixels | symmetric, see mobilecv.modelinfo):
+the input range the model declares. A builder takes it as a parameter only when its graph
+depends on it (EfficientNet's input scaling); ``build`` records it on every model.
+
+``build`` validates the common knobs, fills family defaults, loads weights and attaches
+the model's info (input range, source). A knob a family cannot honour raises InputError
+naming it; an unknown name, UnknownName (an InputError that is also a KeyError).
 """
 
 from __future__ import annotations
@@ -19,8 +24,19 @@ from types import ModuleType
 from typing import Any
 
 from mobilecv import scaling
+from mobilecv.errors import InputError, UnknownName, parse_choice
+from mobilecv.modelinfo import InputRange, ModelInfo, set_info
 
-COMMON_KNOBS = ("width", "depth", "resolution", "classes", "include_top", "input_channels", "keras")
+COMMON_KNOBS = (
+    "width",
+    "depth",
+    "resolution",
+    "classes",
+    "include_top",
+    "input_channels",
+    "input_range",
+    "keras",
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,7 @@ def get(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else "; see `mobilecv list`"
-        raise KeyError(f"unknown model {name!r}{hint}")
+        raise UnknownName(f"unknown model {name!r}{hint}")
     return _REGISTRY[name]
 
 
@@ -106,14 +122,14 @@ def resolve(name: str, **knobs) -> dict:
         if knob in ("weights", "phi"):
             continue
         if knob not in COMMON_KNOBS and knob not in options:
-            raise ValueError(f"{name} does not accept {knob!r}")
+            raise InputError(f"{name} does not accept {knob!r}")
         if knob in COMMON_KNOBS and knob not in entry.supports:
-            raise ValueError(f"{name} cannot honour {knob!r}")
+            raise InputError(f"{name} cannot honour {knob!r}")
     phi = explicit.pop("phi", None)
     explicit.pop("weights", None)
     if phi is not None:
         if "phi" not in options:
-            raise ValueError(f"{name} does not accept 'phi' (only the generic efficientnet does)")
+            raise InputError(f"{name} does not accept 'phi' (only the generic efficientnet does)")
         compound = scaling.compound_scale(phi)
         explicit = {
             "width": compound.width,
@@ -128,18 +144,20 @@ def resolve(name: str, **knobs) -> dict:
         "classes": 1000,
         "include_top": True,
         "input_channels": 3,
+        "input_range": InputRange.UNIT,
         **entry.defaults,
         **explicit,
     }
+    resolved["input_range"] = parse_choice(InputRange, resolved["input_range"], "input_range")
     resolved["width"] = scaling.check_multiplier("width", resolved["width"])
     resolved["depth"] = scaling.check_multiplier("depth", resolved["depth"])
     resolved["resolution"] = scaling.check_resolution(
         resolved["resolution"], entry.min_resolution, name
     )
     if int(resolved["classes"]) < 1:
-        raise ValueError(f"classes must be >= 1, got {resolved['classes']}")
+        raise InputError(f"classes must be >= 1, got {resolved['classes']}")
     if int(resolved["input_channels"]) < 1:
-        raise ValueError(f"input_channels must be >= 1, got {resolved['input_channels']}")
+        raise InputError(f"input_channels must be >= 1, got {resolved['input_channels']}")
     return resolved
 
 
@@ -152,11 +170,16 @@ def build(
     classes: int | None = None,
     include_top: bool | None = None,
     input_channels: int | None = None,
+    input_range: str | None = None,
     weights: str | None = None,
     keras: str | ModuleType | None = None,
     **options,
 ):
-    """Build a registered model. Knobs left as None take the family's defaults."""
+    """Build a registered model. Knobs left as None take the family's defaults.
+
+    The model carries its ModelInfo (`mobilecv.modelinfo.get_info(model)`): the declared
+    input range and, for provenance, the name and resolved knobs.
+    """
     from mobilecv._tf import get_keras
 
     knobs = resolve(
@@ -167,6 +190,7 @@ def build(
         classes=classes,
         include_top=include_top,
         input_channels=input_channels,
+        input_range=input_range,
         **options,
     )
     knobs.pop("phi", None)
@@ -178,4 +202,5 @@ def build(
         from mobilecv.models.weights import load_weights
 
         load_weights(model, weights)
-    return model
+    source = {"model": name, **knobs, **({"weights": str(weights)} if weights else {})}
+    return set_info(model, ModelInfo(input_range=knobs["input_range"].bounds, source=source))

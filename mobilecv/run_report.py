@@ -26,6 +26,38 @@ def _ms(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def _transfer_section(out: Path) -> list[str]:
+    pretrain = _read(out, "pretrain.json")
+    if not pretrain:
+        return []
+    classes = pretrain["classes"]
+    lines = [
+        "## Transfer learning",
+        "",
+        f"Pretraining: the same network on {pretrain['train_samples']:,} images of "
+        f"`{pretrain['dataset']}` (classes {classes}), {pretrain['epochs']} epochs, held-out "
+        f"accuracy {_pct(pretrain.get('val_accuracy'))}. Its trunk (every layer before the "
+        "head) moved into the model by layer name; the head is new.",
+        "",
+    ]
+    compare = _read(out, "compare.json")
+    if compare:
+        transfer, scratch = compare["transfer_top1"], compare["scratch_top1"]
+        verdict = "transfer wins" if transfer > scratch else "transfer does NOT win"
+        lines += [
+            f"Top-1 on {compare['test_samples']:,} test images of classes {compare['classes']}, "
+            f"both trained on the same {compare['train_samples']:,} images for "
+            f"{compare['epochs']} epochs ({verdict}, {100 * (transfer - scratch):+.2f} pt):",
+            "",
+            "| model | top-1 (Keras float32) |",
+            "|---|---:|",
+            f"| pretrained trunk, new head | {_pct(transfer)} |",
+            f"| same network from scratch | {_pct(scratch)} |",
+            "",
+        ]
+    return lines
+
+
 def write_report(out: Path, recipe: Recipe, state: dict) -> Path:
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
@@ -39,6 +71,7 @@ def write_report(out: Path, recipe: Recipe, state: dict) -> Path:
         "rerunning `mobilecv run recipe.resolved.yaml -o THIS_FOLDER` redoes only what changed.",
         "",
     ]
+    lines += _transfer_section(out)
     train = _read(out, "train.json")
     if train:
         lines += [
@@ -82,8 +115,12 @@ def write_report(out: Path, recipe: Recipe, state: dict) -> Path:
             )
         lines.append("")
         if evaluation.get("test_time"):
+            representation = evaluation.get("test_time_model", "tflite")
             lines += [
-                "### Test-time techniques",
+                f"### Test-time techniques ({representation})",
+                "",
+                f"Every model here runs as {representation}: ensemble members are converted "
+                "with the main model's mode and settings.",
                 "",
                 "| technique | top-1 | ms per image | cost vs single crop |",
                 "|---|---:|---:|---:|",

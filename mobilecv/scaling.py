@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mobilecv.errors import InputError
+
 MAX_MULTIPLIER = 4.0
 
 
@@ -28,7 +30,7 @@ def compound_scale(
 ) -> CompoundScale:
     """Return the depth, width and resolution that compound coefficient ``phi`` gives."""
     if phi < 0 or phi > 12:
-        raise ValueError(f"phi must be between 0 and 12, got {phi}")
+        raise InputError(f"phi must be between 0 and 12, got {phi}")
     return CompoundScale(
         depth=alpha**phi,
         width=beta**phi,
@@ -39,20 +41,20 @@ def compound_scale(
 def check_multiplier(knob: str, value: float) -> float:
     """Width and depth must be positive and not absurd."""
     if not value > 0:
-        raise ValueError(f"{knob} must be > 0, got {value}")
+        raise InputError(f"{knob} must be > 0, got {value}")
     if value > MAX_MULTIPLIER:
-        raise ValueError(f"{knob} {value} is absurd (the limit is {MAX_MULTIPLIER})")
+        raise InputError(f"{knob} {value} is absurd (the limit is {MAX_MULTIPLIER})")
     return float(value)
 
 
 def check_resolution(resolution: int, min_resolution: int, model: str) -> int:
     if int(resolution) != resolution:
-        raise ValueError(f"resolution must be a whole number of pixels, got {resolution}")
+        raise InputError(f"resolution must be a whole number of pixels, got {resolution}")
     if resolution < min_resolution:
-        raise ValueError(
+        raise InputError(
             f"resolution {resolution} is too small for {model}: it downsamples by "
             f"{min_resolution}, so the input must be at least {min_resolution} px"
         )
     if resolution > 4096:
-        raise ValueError(f"resolution {resolution} is absurd (the limit is 4096 px)")
+        raise InputError(f"resolution {resolution} is absurd (the limit is 4096 px)")
     return int(resolution)

@@ -22,7 +22,6 @@ import io
 import math
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 import traceback
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilecv.errors import InputError
+from mobilecv.progress import Progress
 
 CSV_NAME = "sweep.csv"
 JSON_NAME = "sweep.json"
@@ -171,13 +171,12 @@ def _init_worker(lock, tf_threads: int) -> None:
         pass
 
 
-def _test_arrays(dataset: str, samples: int | None, shape) -> tuple[np.ndarray, np.ndarray]:
+def _test_arrays(dataset: str, samples: int | None, model) -> tuple[np.ndarray, np.ndarray]:
     from mobilecv.data import Split, load_arrays
-    from mobilecv.data.datasets import prepare_images
+    from mobilecv.data.datasets import model_inputs
 
     data = load_arrays(dataset, Split.TEST, limit=samples)
-    x = prepare_images(data.x, (shape[1], shape[2]), shape[3], 1.0 / 255.0)
-    return np.asarray(x, dtype=np.float32), np.asarray(data.y)
+    return model_inputs(data.x, model), np.asarray(data.y)
 
 
 def _measure_point(task: dict) -> dict:
@@ -217,7 +216,7 @@ def _measure_point(task: dict) -> dict:
     shape = (1, *(int(d) for d in model.input_shape[1:]))
     if dataset is not None:
         calibration = dataset
-    else:  # no data: calibrate on uniform [0, 1) images, the range the loaders produce
+    else:  # no data: uniform [0, 1) images, which convert maps onto the declared input range
         calibration = np.random.default_rng(0).random(
             (task["calibration_samples"] + 64, *shape[1:]), dtype=np.float32
         )
@@ -237,7 +236,7 @@ def _measure_point(task: dict) -> dict:
         from mobilecv.evaluate import TfliteModel, top1
 
         # The test split is read only here, for the final score of the int8 model.
-        x, y = _test_arrays(dataset, task["test_samples"], shape)
+        x, y = _test_arrays(dataset, task["test_samples"], model)
         row["accuracy"] = top1(TfliteModel(result.tflite).predict(x), y)
 
     host = devices.get("host", calibrate=False)
@@ -440,20 +439,17 @@ def _run_all(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
     future with it; those points are retried one by one, each in a fresh one-worker
     pool, so only the point that really kills its process ends up as an error row.
     """
-    from tqdm import tqdm
-
     ctx = multiprocessing.get_context("spawn")
     workers = min(workers, len(tasks))
     tf_threads = max(1, (os.cpu_count() or 1) // workers)
     lock = ctx.Lock()
     rows: list[dict | None] = [None] * len(tasks)
     broken: list[int] = []
-    bar = tqdm(total=len(tasks), desc="sweep", unit="point", file=sys.stderr, disable=not progress)
+    bar = Progress("sweep", len(tasks), "point", enabled=progress, per_update=True)
 
     def done(i: int, row: dict) -> None:
         rows[i] = row
-        bar.update(1)
-        bar.set_postfix_str(f"{point_name(row)} {'error' if row['error'] else row['verdict']}")
+        bar.update(note=f"{point_name(row)} {'error' if row['error'] else row['verdict']}")
 
     with _pool(ctx, workers, lock, tf_threads) as pool:
         futures = {pool.submit(_run_point, task): i for i, task in enumerate(tasks)}

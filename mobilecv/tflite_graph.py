@@ -150,8 +150,11 @@ class Graph:
     version: int
     description: str
     subgraphs: tuple[Subgraph, ...]
-    weight_bytes: int  # every non-empty buffer once (buffers can be shared by tensors)
+    weight_bytes: int  # every non-empty buffer once (shared by tensors), metadata excluded
     buffers: tuple[np.ndarray | None, ...] = field(default=(), repr=False, compare=False)
+    # Named metadata entries (name -> payload): the converter's own, and mobilecv's
+    # "mobilecv" entry (see mobilecv.modelinfo).
+    metadata: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tensors(self) -> tuple[Tensor, ...]:
@@ -403,21 +406,35 @@ def _parse(data: bytes, name: str) -> Graph:
         sg_name = (sg.Name() or b"").decode(errors="replace")
         subgraphs.append(Subgraph(s, sg_name, tuple(tensors), tuple(ops), inputs, outputs))
 
+    metadata, metadata_buffers = {}, set()
+    for m in range(count(model.MetadataLength(), "metadata")):
+        entry = model.Metadata(m)
+        if entry.Buffer() >= len(buffers):
+            raise corrupt(f"metadata {m} names buffer {entry.Buffer()} of {len(buffers)}")
+        payload = buffers[entry.Buffer()]
+        key = (entry.Name() or b"").decode(errors="replace")
+        metadata[key] = b"" if payload is None else payload.tobytes()
+        metadata_buffers.add(entry.Buffer())
+
     return Graph(
         path=name,
         model_bytes=size,
         version=int(model.Version()),
         description=(model.Description() or b"").decode(errors="replace"),
         subgraphs=tuple(subgraphs),
-        weight_bytes=sum(b.size for b in buffers if b is not None),
+        weight_bytes=sum(
+            b.size for i, b in enumerate(buffers) if b is not None and i not in metadata_buffers
+        ),
         buffers=tuple(buffers),
+        metadata=metadata,
     )
 
 
 def rewrite(data: bytes, edit) -> bytes:
     """Unpack a model into the schema's object API, let `edit(model_t)` change it, repack.
 
-    Used to make test fixtures (custom ops, dynamic shapes) without TensorFlow.
+    Used to add mobilecv's metadata entry (`mobilecv.modelinfo.add_to_tflite`) and to
+    make test fixtures (custom ops, dynamic shapes) without TensorFlow.
     """
     import flatbuffers
 

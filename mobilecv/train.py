@@ -2,9 +2,10 @@
 
 The model is fitted on the TRAIN split and evaluated on the validation split carved
 from it; the test split is only touched when the caller asks for a final test score.
-Transfer learning freezes layers (`freeze=N` or `"all-but-head"`); with
-`cache_features=True` the frozen trunk runs once over the data, its activations are
-written to disk as .npy, and only the head is trained on them.
+Transfer learning moves a trained trunk into a new model (`transfer_trunk`) and freezes
+layers (`freeze=N` or `"all-but-head"`); with `cache_features=True` the frozen trunk runs
+once over the data, its activations are written to disk as .npy, and only the head is
+trained on them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import numpy as np
 from mobilecv._tf import get_keras, is_keras3_model, tf
 from mobilecv.data import ArrayData, Split, load_arrays, to_dataset
 from mobilecv.errors import InputError, parse_choice
+from mobilecv.modelinfo import get_info
+from mobilecv.progress import Progress
 
 HEAD_BOUNDARY_TYPES = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
@@ -60,12 +63,27 @@ class TrainReport:
     val_loss: float | None = None
     test_accuracy: float | None = None
     feature_cache: str | None = None
+    optimizer: str | None = None  # None in reports written before these were recorded
+    schedule: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy, TensorFlow and both Kerases (each keeps its own generator).
+
+    tf_keras draws unseeded initializer seeds from its own Python generator, Keras 3 from
+    a global SeedGenerator; each Keras's `set_random_seed` resets its own and seeds the
+    rest. A Keras 3 not imported yet needs nothing (importing it costs seconds): its
+    generator will be made from Python's `random`, seeded here.
+    """
+    get_keras("tf_keras").utils.set_random_seed(seed)
+    if "keras" in sys.modules:
+        get_keras("keras3").utils.set_random_seed(seed)
 
 
 def model_input_spec(model) -> tuple[tuple[int, int], int]:
@@ -161,33 +179,58 @@ def apply_freeze(model, freeze: int | str | None) -> int:
     return count
 
 
+def transfer_trunk(source, target) -> int:
+    """Copy the trunk of `source` (every layer before `target`'s head) into `target` by name.
+
+    The head of `target` keeps its new weights, so the class counts may differ. Every trunk
+    layer with weights must exist in `source` with the same name and weight shapes.
+    Returns the number of layers copied.
+    """
+    donors = {layer.name: layer for layer in source.layers}
+    copied = 0
+    for layer in target.layers[: head_start(target)]:
+        if not layer.weights:
+            continue
+        donor = donors.get(layer.name)
+        if donor is None:
+            raise InputError(f"the pretrained model has no layer {layer.name!r} to transfer")
+        weights = donor.get_weights()
+        wanted = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(w.shape) for w in weights] != wanted:
+            raise InputError(
+                f"layer {layer.name!r}: pretrained weights {[tuple(w.shape) for w in weights]} "
+                f"do not fit {wanted}"
+            )
+        layer.set_weights(weights)
+        copied += 1
+    return copied
+
+
 class TqdmProgress:
-    """A Keras callback drawing one tqdm bar per epoch on stderr (works for both Kerases)."""
+    """A Keras callback drawing one progress bar per epoch on stderr (works for both
+    Kerases); in a file or pipe only the one line per epoch is printed."""
 
     def __init__(
         self, keras_module, epochs: int, steps: int, enabled: bool = True, summary: bool = True
     ):
-        from tqdm.auto import tqdm
-
-        self._tqdm = tqdm
         base = keras_module.callbacks.Callback
         outer = self
 
         class _Callback(base):
             def on_epoch_begin(self, epoch, logs=None):
-                outer.bar = outer._tqdm(
-                    total=steps,
-                    desc=f"epoch {epoch + 1}/{epochs}",
-                    file=sys.stderr,
-                    leave=False,
-                    disable=not enabled,
+                outer.bar = Progress(
+                    f"epoch {epoch + 1}/{epochs}", steps, enabled=enabled, summary=False
                 )
 
             def on_train_batch_end(self, batch, logs=None):
                 outer.bar.update(1)
                 if logs and batch % 10 == 0:
-                    outer.bar.set_postfix(
-                        {k: f"{float(v):.3f}" for k, v in logs.items() if k in ("loss", "accuracy")}
+                    outer.bar.note(
+                        " ".join(
+                            f"{k}={float(v):.3f}"
+                            for k, v in logs.items()
+                            if k in ("loss", "accuracy")
+                        )
                     )
 
             def on_epoch_end(self, epoch, logs=None):
@@ -211,34 +254,79 @@ def _history(history) -> dict[str, list[float]]:
 class Splits:
     train: ArrayData
     validation: ArrayData
+    classes: tuple[int, ...] = ()  # the source classes kept (relabelled 0..n-1); () = all
+
+
+def select_classes(data: ArrayData, classes: Sequence[int]) -> ArrayData:
+    """Only the images of `classes`, relabelled 0..n-1 in the order given."""
+    if len(set(classes)) != len(classes):
+        raise InputError(f"classes {list(classes)} repeats a class")
+    absent = [c for c in classes if not 0 <= c < data.classes]
+    if absent:
+        raise InputError(f"{data.name} has classes 0..{data.classes - 1}; no class {absent}")
+    relabel = np.full(data.classes, -1, dtype=np.int64)
+    relabel[list(classes)] = np.arange(len(classes))
+    keep = relabel[data.y] >= 0
+    return ArrayData(x=data.x[keep], y=relabel[data.y[keep]], classes=len(classes), name=data.name)
+
+
+def load_split(
+    data: str | os.PathLike,
+    split: Split,
+    limit: int | None = None,
+    classes: Sequence[int] = (),
+) -> ArrayData:
+    """One split, optionally of some classes only; `limit` counts the selected images."""
+    if not classes:
+        return load_arrays(data, split, limit=limit)
+    chosen = select_classes(load_arrays(data, split), classes)
+    if limit is None:
+        return chosen
+    return ArrayData(chosen.x[:limit], chosen.y[:limit], chosen.classes, chosen.name)
 
 
 def load_splits(
-    data: str | os.PathLike | Splits, limit: int | None = None, val_limit: int | None = None
+    data: str | os.PathLike | Splits,
+    limit: int | None = None,
+    val_limit: int | None = None,
+    classes: Sequence[int] = (),
 ) -> Splits:
     """Train and held-out validation arrays (never the test split)."""
     if isinstance(data, Splits):
         return data
+    val_limit = val_limit if val_limit is not None else limit
     return Splits(
-        load_arrays(data, Split.TRAIN, limit=limit),
-        load_arrays(data, Split.VALIDATION, limit=val_limit if val_limit is not None else limit),
+        load_split(data, Split.TRAIN, limit, classes),
+        load_split(data, Split.VALIDATION, val_limit, classes),
+        tuple(classes),
+    )
+
+
+def shard_by_data(dataset):
+    """Let a multi-worker strategy split batches by element (the only way for in-memory
+    arrays: they have no files to hand out); no effect without a strategy."""
+    T = tf()
+    options = T.data.Options()
+    options.experimental_distribute.auto_shard_policy = T.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def dataset_for(model, data: ArrayData, batch_size: int, **options):
+    """`data` as `model` takes it: its resolution, channels and declared input range."""
+    resolution, channels = model_input_spec(model)
+    return to_dataset(
+        data,
+        resolution=resolution,
+        channels=channels,
+        batch_size=batch_size,
+        input_range=get_info(model).input_range,
+        **options,
     )
 
 
 def datasets_for(model, splits: Splits, batch_size: int, augment: Callable | None = None):
-    resolution, channels = model_input_spec(model)
-    train_ds = to_dataset(
-        splits.train,
-        resolution=resolution,
-        channels=channels,
-        batch_size=batch_size,
-        shuffle=True,
-        augment=augment,
-    )
-    val_ds = to_dataset(
-        splits.validation, resolution=resolution, channels=channels, batch_size=batch_size
-    )
-    return train_ds, val_ds
+    train_ds = dataset_for(model, splits.train, batch_size, shuffle=True, augment=augment)
+    return shard_by_data(train_ds), shard_by_data(dataset_for(model, splits.validation, batch_size))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -319,11 +407,15 @@ def recalibrate_batchnorm(model, dataset, batches: int = 50) -> int:
     if not layers:
         return 0
     saved = [layer.momentum for layer in layers]
+    # Through the model's strategy: under a mirrored or multi-worker strategy each replica
+    # averages its share of every batch, and reading the statistics averages the replicas.
+    strategy = getattr(model, "distribute_strategy", None) or tf().distribute.get_strategy()
     try:
-        for k, (x, _) in enumerate(dataset.take(batches), start=1):
+        batches_ds = strategy.experimental_distribute_dataset(shard_by_data(dataset.take(batches)))
+        for k, (x, _) in enumerate(batches_ds, start=1):
             for layer in layers:
                 layer.momentum = (k - 1) / k
-            model(x, training=True)
+            strategy.run(lambda images: model(images, training=True), args=(x,))
     finally:
         for layer, momentum in zip(layers, saved, strict=True):
             layer.momentum = momentum
@@ -341,9 +433,8 @@ def evaluate(model, data: ArrayData, batch_size: int = 64) -> dict[str, float]:
     """Loss and top-1 accuracy on the given split (compiles the model if needed)."""
     if not (getattr(model, "_is_compiled", False) or getattr(model, "compiled", False)):
         compile_for_classification(model, 1e-3)
-    resolution, channels = model_input_spec(model)
-    ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
-    loss, accuracy = model.evaluate(ds, verbose=0)[:2]
+    ds = dataset_for(model, data, batch_size)
+    loss, accuracy = model.evaluate(shard_by_data(ds), verbose=0)[:2]
     return {"loss": float(loss), "accuracy": float(accuracy)}
 
 
@@ -364,24 +455,34 @@ def train(
     optimizer: str | Optimizer = Optimizer.ADAM,
     schedule: str | Schedule = Schedule.CONSTANT,
 ):
-    """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport)."""
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    if cache_features and augment is not None:
-        raise InputError(
-            "--cache-features computes the trunk's activations once, so it cannot be combined with augmentation"
-        )
+    """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport).
+
+    With `cache_features` the trunk (the first `freeze` layers, by default all but the
+    head) runs once and only the head trains, with the same optimizer and schedule.
+    An option that the chosen path cannot honour is an InputError naming it.
+    """
+    _check_train_options(epochs, batch_size, freeze, cache_features, cache_dir, augment)
+    if isinstance(data, Splits) and limit is not None:
+        raise InputError("limit applies to a dataset name or path; slice the Splits instead")
+    schedule = parse_choice(Schedule, schedule, "schedule")
     splits = load_splits(data, limit=limit)
-    frozen = apply_freeze(model, freeze)
-    if cache_features and frozen == 0:
-        frozen = apply_freeze(model, Freeze.ALL_BUT_HEAD)
+    frozen = apply_freeze(
+        model, Freeze.ALL_BUT_HEAD if cache_features and freeze is None else freeze
+    )
     start = time.perf_counter()
     cache_path = None
     if cache_features:
         history, cache_path = _train_head_on_cached_features(
-            model, splits, frozen, epochs, batch_size, learning_rate, cache_dir, progress, optimizer
+            model,
+            splits,
+            frozen,
+            epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            cache_dir=cache_dir,
+            progress=progress,
+            optimizer=optimizer,
+            schedule=schedule,
         )
     else:
         history = fit(
@@ -403,6 +504,8 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        optimizer=parse_choice(Optimizer, optimizer, "optimizer").value,
+        schedule=schedule.value,
         train_samples=len(splits.train),
         val_samples=len(splits.validation),
         frozen_layers=frozen,
@@ -415,19 +518,35 @@ def train(
         feature_cache=str(cache_path) if cache_path else None,
     )
     if evaluate_test:
-        report.test_accuracy = evaluate(
-            model, load_arrays(splits.train.name, Split.TEST), batch_size
-        )["accuracy"]
+        test = load_split(splits.train.name, Split.TEST, classes=splits.classes)
+        report.test_accuracy = evaluate(model, test, batch_size)["accuracy"]
     return model, report
+
+
+def _check_train_options(epochs, batch_size, freeze, cache_features, cache_dir, augment) -> None:
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if not cache_features:
+        if cache_dir is not None:
+            raise InputError("cache_dir is only used with cache_features")
+        return
+    if augment is not None:
+        raise InputError(
+            "--cache-features computes the trunk's activations once, so it cannot be combined with augmentation"
+        )
+    if freeze is not None and str(freeze) == "0":
+        raise InputError(
+            "--cache-features trains the head on a frozen trunk; freeze=0 freezes nothing"
+        )
 
 
 def extract_features(model, split_index: int, data: ArrayData, batch_size: int = 64) -> np.ndarray:
     """Activations of the layer just before `split_index` for every image of `data`."""
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     trunk = K.Model(model.inputs, _first_node_io(model.layers[split_index - 1])[1])
-    resolution, channels = model_input_spec(model)
-    ds = to_dataset(data, resolution=resolution, channels=channels, batch_size=batch_size)
-    return trunk.predict(ds, verbose=0)
+    return trunk.predict(dataset_for(model, data, batch_size), verbose=0)
 
 
 def _first_node_io(layer):
@@ -466,7 +585,17 @@ def _head_model(model, split_index: int):
 
 
 def _train_head_on_cached_features(
-    model, splits, split_index, epochs, batch_size, learning_rate, cache_dir, progress, optimizer
+    model,
+    splits: Splits,
+    split_index: int,
+    epochs: int,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    cache_dir,
+    progress: bool,
+    optimizer: str | Optimizer,
+    schedule: Schedule,
 ):
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="mobilecv-features-"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -482,7 +611,9 @@ def _train_head_on_cached_features(
         )
     head = _head_model(model, split_index)
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    compile_for_classification(head, learning_rate, optimizer)
+    steps = steps_per_epoch(len(splits.train), batch_size)
+    decay = epochs * steps if schedule is Schedule.COSINE else None
+    compile_for_classification(head, learning_rate, optimizer, decay)
     T = tf()
     train_ds = (
         T.data.Dataset.from_tensor_slices((np.asarray(arrays["train"][0]), arrays["train"][1]))
@@ -492,8 +623,12 @@ def _train_head_on_cached_features(
     val_ds = T.data.Dataset.from_tensor_slices(
         (np.asarray(arrays["validation"][0]), arrays["validation"][1])
     ).batch(batch_size)
-    bar = TqdmProgress(K, epochs, steps_per_epoch(len(splits.train), batch_size), enabled=progress)
+    bar = TqdmProgress(K, epochs, steps, enabled=progress)
     history = head.fit(
-        train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=[bar.callback]
+        shard_by_data(train_ds),
+        validation_data=shard_by_data(val_ds),
+        epochs=epochs,
+        verbose=0,
+        callbacks=[bar.callback],
     )
     return _history(history), cache

@@ -9,9 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 import mobilecv
+from mobilecv.progress import Progress
 from mobilecv.zoo import compute_row, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +18,12 @@ BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 
 
 def main() -> int:
-    rows = [compute_row(name) for name in tqdm(mobilecv.list_models(), desc="zoo", unit="model")]
+    names = mobilecv.list_models()
+    rows = []
+    with Progress("zoo", len(names), "model") as bar:
+        for name in names:
+            rows.append(compute_row(name))
+            bar.update()
     (ROOT / "mobilecv" / "zoo.json").write_text(json.dumps(rows, indent=1) + "\n")
     readme = ROOT / "README.md"
     text = readme.read_text()

@@ -35,10 +35,12 @@ def models(tmp_path_factory):
     out = {}
     small = tiny_mobilenet(resolution=32, channels=1, width=8, blocks=2)
     wide = tiny_mobilenet(resolution=40, channels=3, width=12, blocks=3, seed=1)
+    deep = tiny_mobilenet(resolution=32, channels=1, width=8, blocks=5, seed=1)
     for name, model, q in (
         ("float", small, "none"),
         ("int8", small, "int8"),
         ("int8_wide", wide, "int8"),
+        ("int8_deep", deep, "int8"),
     ):
         p = d / f"{name}.tflite"
         result = convert(model, q, random_calibration(model), 16, verify=False, progress=False)
@@ -83,6 +85,9 @@ def host_calibration(tmp_path, monkeypatch):
 
 
 def _no_children() -> bool:
+    from mobilecv.converters.isolated import stop_worker
+
+    stop_worker()  # the converter's long-lived worker process is meant to be there
     try:
         os.waitpid(-1, os.WNOHANG)
     except ChildProcessError:
@@ -146,6 +151,36 @@ def test_planner_matches_tflm_arena(models, name):
     smaller = micro.run(models[name], arena_size=real["min_arena_bytes"] - 16, find_min=False)
     assert not smaller["ok"]
     assert any("Arena allocation" in line for line in real["allocations"])
+
+
+def test_arena_search_survives_tflm_crashing_on_a_small_arena(models):
+    # This tflite-micro build crashes (SIGSEGV in its memory planner) instead of failing
+    # cleanly on some arenas that are too small: 6000 bytes for this model, whose
+    # smallest arena is 9552. The old in-process search died on such a probe.
+    crash = micro.run(models["int8_deep"], arena_size=6000, find_min=False)
+    assert not crash["ok"] and "SIGSEGV" in crash["error"]
+    reference = micro.run(models["int8_deep"])
+    assert reference["ok"], reference
+    # Searching down from 12000 bytes, the first size tried is 6000.
+    r = micro.run(models["int8_deep"], arena_size=12000)
+    assert r["ok"], r
+    assert r["search_probes_crashed"] >= 1
+    assert r["min_arena_bytes"] == reference["min_arena_bytes"]
+    smaller = micro.run(models["int8_deep"], arena_size=r["min_arena_bytes"] - 16, find_min=False)
+    assert not smaller["ok"]
+    assert _no_children()
+    # A crash on an arena the user chose says what probably caused it.
+    assert "may be too small" in crash["error"]
+
+
+def test_allocation_alone_needs_the_whole_arena(models):
+    # The untrained-softmax copy is measured without invoke: TFLM plans all of the
+    # arena when it allocates, so both ways find the same smallest arena.
+    for name in ("int8", "int8_deep"):
+        with_invoke = micro.run(models[name])
+        allocate_only = micro.run(models[name], invoke=False)
+        assert with_invoke["min_arena_bytes"] == allocate_only["min_arena_bytes"]
+        assert with_invoke["arena_bytes"] == allocate_only["arena_bytes"]
 
 
 def test_tflm_reports_unresolved_custom_op(models):
@@ -377,6 +412,7 @@ def test_import_ondevice_result(models, tmp_path):
     data = json.loads(r.stdout)
     assert data["device"] == "rpi4" and "latency_ms" in data["measured"]
     assert data["latency_ms"]["p50"] == json.loads(out.read_text())["latency_ms"]["p50"]
+    assert data["judged_latency"] == {"ms": data["latency_ms"]["p50"], "source": "measured p50"}
 
 
 BENCHMARK_MODEL_LOG = """\
@@ -428,6 +464,64 @@ def test_import_without_model_judges_latency_only(tmp_path):
     assert r.exit_code == 2
 
 
+def _bench_cli(*args) -> subprocess.CompletedProcess:
+    """`mobilecv bench` in a fresh process (inheriting the environment and its host calibration)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mobilecv.cli", "bench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# A benchmark_model run whose mean is 8 ms: it prints no percentiles, only the mean.
+MEAN_8MS_LOG = BENCHMARK_MODEL_LOG.replace("avg=29339.8", "avg=8000.0")
+
+
+def test_imported_mean_decides_the_latency_budget(models, tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text(MEAN_8MS_LOG)
+    args = [models["int8"], "--device", "pixel1", "--import", log, "--json"]
+    out = _bench_cli(*args, "--max-latency-ms", 1)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["estimate"]["latency_ms"] < 1  # the estimate alone would say "fits"
+    assert data["verdict"] == "does not fit" and data["fits"]["latency"] is False
+    assert data["judged_latency"] == {"ms": pytest.approx(8.0), "source": "measured mean"}
+    assert "latency: measured mean 8.00 ms exceeds the 1 ms budget" in data["reasons"]
+    out = _bench_cli(*args, "--max-latency-ms", 10, "--fail-if-not-fit")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["verdict"] == "fits"
+    # Without the model file the same measurement decides the same way.
+    out = _bench_cli("--import", log, "--max-latency-ms", 1, "--json")
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "does not fit"
+    assert data["judged_latency"]["source"] == "measured mean"
+
+
+def test_import_without_latency_is_unknown_not_fit(models, tmp_path):
+    # A result with no latency at all, e.g. a bench JSON from an MCU profile re-imported.
+    result = tmp_path / "mcu.json"
+    result.write_text(json.dumps({"model": "m.tflite", "device": "stm32f746",
+                                  "latency_ms": dict.fromkeys(("mean", "p50", "p90"))}))  # fmt: skip
+    out = _bench_cli("--import", result, "--max-latency-ms", 5, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "unknown" and data["fits"]["latency"] is None
+    assert "latency_ms" not in data["measured"]
+    assert any(r.startswith("latency: unknown") for r in data["reasons"])
+    out = _bench_cli("--import", result, "--max-latency-ms", 5, "--fail-if-not-fit")
+    assert out.returncode == 1, out.stderr  # unknown is not a fit
+    assert "m.tflite on stm32f746: unknown" in out.stdout
+    # With the model file there is an estimate, and the verdict says it decided.
+    out = _bench_cli(models["int8"], "--device", "pixel1", "--import", result, "--max-latency-ms", 1e-6,
+               "--json")  # fmt: skip
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "does not fit" and "latency_ms" not in data["measured"]
+    assert data["judged_latency"]["source"] == "estimated"
+    assert any(r.startswith("latency: estimated") for r in data["reasons"])
+
+
 def test_tflm_crash_decides_mcu_verdict(models, monkeypatch):
     monkeypatch.setattr(
         micro,
@@ -437,3 +531,63 @@ def test_tflm_crash_decides_mcu_verdict(models, monkeypatch):
     r = bench_run(models["int8"], device="stm32h743")
     assert r["verdict"] == "does not fit" and r["fits"]["ops"] is False
     assert any("SIGABRT" in s for s in r["reasons"]) and "arena_bytes" not in r["measured"]
+
+
+@pytest.fixture(scope="module")
+def untrained_mobilenet_v1(tmp_path_factory):
+    """What a new user benches first: a freshly built mobilenet_v1, int8 with image
+    calibration. Its logits are nearly constant, so TFLM rejects its SOFTMAX scale."""
+    import mobilecv
+    from mobilecv.converters.tflite import convert
+
+    model = mobilecv.build("mobilenet_v1", width=0.25, resolution=32, classes=10)
+    result = convert(model, "int8", "fashion_mnist", samples=16, verify=False, progress=False)
+    path = tmp_path_factory.mktemp("untrained") / "mobilenet_v1_int8.tflite"
+    path.write_bytes(result.tflite)
+    return path
+
+
+def test_untrained_int8_model_gets_a_measured_arena_and_a_verdict(untrained_mobilenet_v1):
+    g = tflite_graph.load(untrained_mobilenet_v1)
+    softmax_in = [g.tensors[op.inputs[0]].scale[0] for op in g.ops if op.opcode == "SOFTMAX"]
+    assert softmax_in and softmax_in[0] < micro.SOFTMAX_MIN_INPUT_SCALE  # the premise
+    out = _bench_cli(untrained_mobilenet_v1, "--device", "stm32f746", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert "arena_bytes" in data["measured"] and data["arena_bytes"] > 0
+    assert data["arena_bytes"] == data["tflm"]["min_arena_bytes"]
+    assert data["tflm"]["softmax_untrained"]["input_scale"] == pytest.approx(softmax_in[0])
+    # The ops are supported; the flash, RAM and latency verdicts decide, and they fit.
+    assert data["fits"] == {"flash": True, "ram": True, "latency": True, "ops": True}
+    assert data["verdict"] == "fits" and data["reasons"] == []
+    note = " ".join(data["notes"])
+    assert "every op is supported" in note and "untrained" in note and "trained model" in note
+    # A budget it misses is the only reason it does not fit.
+    out = _bench_cli(untrained_mobilenet_v1, "--device", "stm32f746", "--max-latency-ms", 1e-3,
+                     "--json")  # fmt: skip
+    data = json.loads(out.stdout)
+    assert data["verdict"] == "does not fit" and data["fits"]["ops"] is True
+    assert len(data["reasons"]) == 1 and data["reasons"][0].startswith("latency: estimated")
+
+
+def test_untrained_softmax_copy_is_allocated_when_it_cannot_run(
+    untrained_mobilenet_v1, monkeypatch
+):
+    # With 1000 flat logits this wheel's int8 softmax also aborts at invoke (seen on
+    # keras MobileNetV2 and mobilenet_v1 at 1000 classes): the copy is then only allocated.
+    ran = micro.run(untrained_mobilenet_v1)
+    assert ran["ok"] and "by running it" in ran["note"]
+    real, calls = micro._run_child, []
+
+    def invoke_fails_on_the_copy(path, arena, find_min, timeout_s, invoke):
+        calls.append((Path(path).name, invoke))
+        if Path(path).name == "valid_softmax.tflite" and invoke:
+            return {"ok": False, "error": "TFLM crashed with SIGABRT", "unresolved_ops": []}
+        return real(path, arena, find_min, timeout_s, invoke)
+
+    monkeypatch.setattr(micro, "_run_child", invoke_fails_on_the_copy)
+    r = micro.run(untrained_mobilenet_v1)
+    assert r["ok"] and "by allocating it only" in r["note"] and "SIGABRT" in r["note"]
+    assert calls == [(untrained_mobilenet_v1.name, True), ("valid_softmax.tflite", True),
+                     ("valid_softmax.tflite", False)]  # fmt: skip
+    assert r["min_arena_bytes"] == ran["min_arena_bytes"]

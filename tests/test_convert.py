@@ -418,3 +418,114 @@ def test_cli_c_format_defaults_to_dense_weights(tmp_path):
     graph = read_tflite(bytes(int(b, 16) for b in hex_bytes))
     assert "DENSIFY" not in graph.op_counts
     assert graph.weight_sparsity == pytest.approx(0.8, abs=0.02)
+
+
+# --- untrained models: near-constant outputs, int16x8 overflow --------------------
+
+
+def near_constant_classifier():
+    """Untrained, with a softmax of near-equal logits (probabilities 0.1 +- 1e-4), as
+    keras.applications DenseNet121 / EfficientNetV2B0 with weights=None."""
+    k = get_keras("tf_keras")
+    k.utils.set_random_seed(0)
+    inp = k.Input((8, 8, 1))
+    x = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(8, 3, activation="relu")(inp))
+    init = k.initializers.RandomNormal(stddev=1e-3)
+    return k.Model(inp, k.layers.Dense(10, activation="softmax", kernel_initializer=init)(x))
+
+
+def test_near_constant_outputs_are_judged_by_the_error_not_top1(tmp_path):
+    """int8's softmax output step (1/256) is larger than all the variation of these
+    outputs, so top-1 agreement was noise (0-10%); float keeps it meaningful."""
+    model = near_constant_classifier()
+    q = convert(model, "int8", calibration="digits", samples=32, verify_samples=32)
+    v = q.verification
+    assert v.near_constant_output and v.top1_agreement is None
+    assert 0 < v.output_spread < v.mean_abs_error < 0.01
+    assert v.to_dict()["near_constant_output"] is True
+    assert any("near-constant" in n and "output error" in n for n in q.notes), q.notes
+    f = convert(model, "none", calibration="digits", verify_samples=32)
+    assert not f.verification.near_constant_output and f.verification.top1_agreement == 1.0
+    src = tmp_path / "untrained.h5"
+    model.save(src)
+    args = [str(src), "-o", str(tmp_path / "u.tflite"), "--quantize", "int8"]
+    res = CliRunner().invoke(convert_cmd, [*args, "--calibration", "digits", "--samples", "32"])
+    assert res.exit_code == 0, res.output
+    verified = next(line for line in res.output.splitlines() if line.startswith("verified"))
+    assert "top-1" not in verified and "max |err|" in verified
+    assert "near-constant" in res.output
+
+
+def test_int16x8_on_a_collapsed_fresh_model_says_train_first():
+    """A freshly initialised MobileNetV2 has activations with an almost-zero range; the
+    int16 scale (4e-15 there) makes the ReLU6 bound overflow int32 in LiteRT. Tiny
+    kernels give the same here."""
+    from mobilecv.errors import RunFailed
+
+    k = get_keras("tf_keras")
+    k.utils.set_random_seed(0)
+    inp = k.Input((8, 8, 1))
+    init = k.initializers.RandomNormal(stddev=1e-12)
+    x = k.layers.ReLU(6.0)(k.layers.Conv2D(4, 3, kernel_initializer=init)(inp))
+    model = k.Model(inp, k.layers.Dense(10)(k.layers.GlobalAveragePooling2D()(x)))
+    with pytest.raises(RunFailed, match="no_integer_overflow_from_quantization.*train it first"):
+        convert(model, "int16x8", calibration="digits", samples=8, verify_samples=4)
+
+
+# --- argument checks before TensorFlow -----------------------------------------------
+
+_CLI_WITHOUT_TF = (
+    "import json, sys\n"
+    "from mobilecv.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code\n"
+    "print(json.dumps({'exit': code, 'tensorflow': 'tensorflow' in sys.modules}))\n"
+)
+
+
+def test_cli_refuses_bad_combinations_before_loading_tensorflow(tmp_path, trained):
+    import sys
+
+    src = tmp_path / "model.h5"
+    trained.save(src)
+    out = ["-o", str(tmp_path / "o.tflite")]
+    cases = {
+        "int8 needs calibration": [str(src), "--quantize", "int8"],
+        "int16x8 needs calibration": ["mobilenet_v2", "--quantize", "int16x8"],
+        "per-tensor weights apply": [str(src), "--quantize", "float16", "--per-tensor"],
+        "io=int16 is not possible": [str(src), "--quantize", "int8", "--io", "int16"],
+    }
+    for expected, args in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLI_WITHOUT_TF, "convert", *args, *out],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report == {"exit": 2, "tensorflow": False}, (expected, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
+
+
+def test_model_is_qat_reads_the_file_without_loading_it(tmp_path, trained):
+    import tensorflow_model_optimization as tfmot
+
+    from mobilecv.converters.tflite import model_is_qat
+
+    trained.save(tmp_path / "float.h5")
+    tfmot.quantization.keras.quantize_model(tiny_model()).save(tmp_path / "qat.h5")
+    tiny_model("keras3").save(tmp_path / "k3.keras")
+    (tmp_path / "broken.h5").write_bytes(b"not hdf5")
+    assert model_is_qat(tmp_path / "qat.h5") is True
+    assert model_is_qat(tmp_path / "float.h5") is False
+    assert model_is_qat(tmp_path / "k3.keras") is False
+    assert model_is_qat("mobilenet_v2") is False  # registered names build untrained
+    assert model_is_qat(tmp_path / "broken.h5") is None  # the loader will say why
+    assert model_is_qat(tmp_path / "missing.keras") is None
+    # A QAT file needs no --calibration: the early check lets it through to conversion.
+    out = tmp_path / "qat.tflite"
+    res = CliRunner().invoke(convert_cmd, [str(tmp_path / "qat.h5"), "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["qat"] is True and out.exists()

@@ -67,6 +67,9 @@ def test_defaults_then_recipe_then_overrides(tmp_path):
             "compress.prune_allocation: 'global' is not allowed; allowed: uniform, erk",
         ),
         ("devices: host\n", "devices: expected a list"),
+        ("data:\n  classes: [a]\n", "data.classes[0]: expected an integer"),
+        ("data:\n  test_limit: 5\n", "data.test_limit: unknown key"),
+        ("pretrain:\n  epoch: 2\n", "pretrain.epoch: unknown key; allowed: epochs"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("model: [1, 2\n", "not valid YAML"),
     ],
@@ -95,3 +98,12 @@ def test_bad_override_and_missing_recipe(tmp_path):
         recipe.load(path, ["train.epochs=lots"])
     with pytest.raises(FileNotFoundError, match="shipped recipes: .*mobilenet_v2_fashion_int8"):
         recipe.load("no_such_recipe")
+
+
+def test_pretrain_and_class_selection(tmp_path):
+    path = write(tmp_path, "pretrain:\n  epochs: 2\n  classes: [0, 1]\ndata:\n  classes: [2, 3]\n")
+    loaded = recipe.load(path, ["pretrain.limit=50"])
+    assert loaded.pretrain.classes == (0, 1) and loaded.pretrain.limit == 50
+    assert loaded.data.classes == (2, 3)
+    assert loaded.pretrain.compare_scratch  # the comparison is on by default
+    assert recipe.load(path, ["data.classes=[]"]).data.classes == ()

@@ -2,7 +2,8 @@
 
 Weights are random (nothing is downloaded): keras.applications builds with
 weights=None, its weights are written to disk in each supported format, and the
-mobilecv twin loads them by name.
+mobilecv twin loads them by name. The EfficientNet twin declares `pixels`, the input
+range keras.applications' EfficientNet takes, so both see the same 0..255 images.
 """
 
 import numpy as np
@@ -19,7 +20,7 @@ TWINS = [
     ("mobilenet_v1", {"width": 0.5}, "MobileNet", {"alpha": 0.5}),
     ("mobilenet_v2", {"width": 0.35}, "MobileNetV2", {"alpha": 0.35}),
     ("mobilenet_v2", {"width": 1.4}, "MobileNetV2", {"alpha": 1.4}),
-    ("efficientnet_b0", {}, "EfficientNetB0", {}),
+    ("efficientnet_b0", {"input_range": "pixels"}, "EfficientNetB0", {}),
 ]
 
 
@@ -119,3 +120,16 @@ def test_wrong_architecture_is_refused(tmp_path):
 def test_missing_weights_file():
     with pytest.raises(FileNotFoundError):
         mobilecv.build("mobilenet_v2", width=0.35, resolution=32, classes=10, weights="/nope.h5")
+
+
+def test_unit_efficientnet_on_unit_images_equals_keras_applications_on_pixels():
+    """The default (`unit`) B0 drops the Rescaling and gives keras.applications' outputs
+    when fed x / 255: the stem sees the same values whichever range is declared."""
+    ref = _reference("tf_keras", "EfficientNetB0", {})
+    _fix_variance(ref)
+    ours = mobilecv.build("efficientnet_b0", resolution=RES, classes=10)
+    assert ours.count_params() == ref.count_params()
+    assert "rescaling" not in [layer.name for layer in ours.layers]
+    mobilecv.models.load_keras_applications_weights(ours, ref)
+    x = _images()
+    np.testing.assert_allclose(ours(x / 255.0, training=False), ref(x, training=False), atol=1e-5)

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from mobilecv.bench import devices as _devices
 from mobilecv.bench import estimate as _estimate
 from mobilecv.bench.devices import Device, Runtime
-from mobilecv.bench.harness import RunConfig, load_result, measure, parse_benchmark_model
+from mobilecv.bench.estimate import Verdict
+from mobilecv.bench.harness import (
+    RunConfig,
+    check_inputs,
+    load_result,
+    measure,
+    parse_benchmark_model,
+)
 from mobilecv.errors import InputError, RunFailed
 from mobilecv.tflite_graph import Graph, load
 
@@ -27,9 +34,20 @@ __all__ = [
     "Device",
     "Graph",
     "RunConfig",
+    "Verdict",
 ]
 
 _LATENCY_KEYS = ("mean", "p50", "p90", "p99", "min", "max", "std")
+
+
+def measured_latency(latency_ms: dict | None) -> tuple[float | None, str | None]:
+    """The measured figure a latency budget is judged by, and its label: the median when
+    the measurement has one, else the mean (benchmark_model prints no percentiles)."""
+    latency_ms = latency_ms or {}
+    for key in ("p50", "mean"):
+        if latency_ms.get(key) is not None:
+            return float(latency_ms[key]), f"measured {key}"
+    return None, None
 
 
 def check_runnable(graph: Graph) -> None:
@@ -65,6 +83,7 @@ def run(
     """
     graph = load(path)
     check_runnable(graph)
+    check_inputs(graph, inputs)
     dev = device if isinstance(device, Device) else _devices.get(device)
     if threads < 1:
         raise InputError(f"threads must be >= 1, got {threads}")
@@ -107,12 +126,14 @@ def run(
         for key in ("runs", "init_ms", "first_inference_ms", "peak_rss_mb"):
             result[key] = measured.get(key)
         result["threads"] = measured.get("threads") or threads
-        result["latency_ms"] = {k: measured["latency_ms"].get(k) for k in _LATENCY_KEYS}
+        lat = measured.get("latency_ms") or {}
+        result["latency_ms"] = {k: lat.get(k) for k in _LATENCY_KEYS}
         result["samples_ms"] = measured.get("samples_ms", [])
         result["loop_overhead_us"] = measured.get("loop_overhead_us")
+        if measured_latency(lat)[0] is not None:  # a table of Nones measured nothing
+            measured_names.append("latency_ms")
         measured_names += [
-            k for k in ("latency_ms", "init_ms", "first_inference_ms", "peak_rss_mb")
-            if measured.get(k) is not None
+            k for k in ("init_ms", "first_inference_ms", "peak_rss_mb") if measured.get(k) is not None
         ]  # fmt: skip
 
     measured_ram = None
@@ -132,36 +153,41 @@ def run(
     else:
         result["arena_bytes"] = est.arena_bytes if dev.runtime is Runtime.TFLM else None
 
-    latency = result["latency_ms"]["p50"] if "latency_ms" in measured_names else None
-    fits, word, reasons = _estimate.verdict(est, dev, max_latency_ms, latency, measured_ram)
+    latency, source = measured_latency(result["latency_ms"])
+    fits, word, reasons = _estimate.verdict(
+        est, dev, max_latency_ms, latency, measured_ram, latency_source=source
+    )
+    judged_ms, judged_source = _estimate.judged_latency(est, latency, source)
+    result["judged_latency"] = {"ms": judged_ms, "source": judged_source}
     if dev.runtime is Runtime.TFLM and not result["tflm"].get("ok"):
         # The real runtime could not run it: that decides, whatever the estimate says.
         fits["ops"] = False
-        word = "does not fit"
+        word = Verdict.DOES_NOT_FIT
         reasons.append(f"tflm: {result['tflm'].get('error', 'failed')}")
     result.update(fits=fits, verdict=word, reasons=reasons)
     result["estimate_per_op"] = est.per_op()
     result["live_bytes"] = est.live_bytes
     result["macs"] = graph.macs
+    notes = [f"tflm: {result['tflm']['note']}"] if result.get("tflm", {}).get("note") else []
     if len(graph.subgraphs) > 1:
-        result["notes"] = ["control flow: estimates cover the main subgraph only"]
+        notes.append("control flow: estimates cover the main subgraph only")
+    if notes:
+        result["notes"] = notes
     return result
 
 
 def from_import(imported: dict, max_latency_ms: float | None = None) -> dict:
     """A result made only from a device's own measurement (no model file at hand, so
-    no estimates): the latency budget is the one thing it can be judged on."""
+    no estimates): the latency budget is the one thing it can be judged on, and without
+    a measured latency the verdict on a budget is unknown."""
     lat = imported.get("latency_ms") or {}
-    p50 = lat.get("p50") if lat.get("p50") is not None else lat.get("mean")
-    fits = {"flash": None, "ram": None, "latency": max_latency_ms is None or (p50 or 0) <= max_latency_ms,
-            "ops": None}  # fmt: skip
-    reasons = (
-        []
-        if fits["latency"]
-        else [f"latency: measured {p50:.2f} ms exceeds the {max_latency_ms:g} ms budget"]
-    )
-    measured = [k for k in ("latency_ms", "init_ms", "first_inference_ms", "peak_rss_mb", "model_bytes")
+    latency, source = measured_latency(lat)  # no estimate without the model file
+    fits_latency, reason = _estimate.judge_latency(latency, source, max_latency_ms)
+    fits = {"flash": None, "ram": None, "latency": fits_latency, "ops": None}
+    measured = [k for k in ("init_ms", "first_inference_ms", "peak_rss_mb", "model_bytes")
                 if imported.get(k) is not None]  # fmt: skip
+    if latency is not None:
+        measured.insert(0, "latency_ms")
     return {
         "model": imported.get("model", ""),
         "device": imported.get("device", ""),
@@ -175,9 +201,11 @@ def from_import(imported: dict, max_latency_ms: float | None = None) -> dict:
         "arena_bytes": None,
         "estimate": None,
         "measured": measured,
+        "judged_latency": {"ms": latency, "source": source},
         "fits": fits,
-        "verdict": "fits" if fits["latency"] else "does not fit",
-        "reasons": reasons + ["flash, ram, ops: not judged (pass the .tflite to estimate them)"],
+        "verdict": _estimate.overall(fits),
+        "reasons": ([reason] if reason else [])
+        + ["flash, ram, ops: not judged (pass the .tflite to estimate them)"],
         "samples_ms": imported.get("samples_ms", []),
         "source": imported.get("source", "ondevice.py"),
     }

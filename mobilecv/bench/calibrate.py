@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from mobilecv.bench.devices import Device
+from mobilecv.errors import RunFailed, one_line
+from mobilecv.fileio import write_json
+from mobilecv.progress import Progress
 
 CACHE_VERSION = 3
 
@@ -120,8 +123,6 @@ def _bandwidth_gbs() -> float:
 
 def run_calibration(progress: bool = True) -> dict:
     """Time the probes and derive the host figures (threads=1, one core)."""
-    from tqdm import tqdm
-
     from mobilecv.bench.harness import RunConfig, measure
     from mobilecv.tflite_graph import load
 
@@ -131,13 +132,14 @@ def run_calibration(progress: bool = True) -> dict:
         cores = (
             tuple(sorted(os.sched_getaffinity(0)))[:1] if hasattr(os, "sched_getaffinity") else ()
         )
-        for name, (path, _) in tqdm(
-            probes.items(), desc="calibrating host", disable=not progress, file=sys.stderr
-        ):
-            r = measure(path, RunConfig(threads=1, runs=40, warmup=5, cores=cores))
-            if not r.get("ok"):
-                raise RuntimeError(f"host calibration probe {name} failed: {r.get('error')}")
-            times[name] = r["latency_ms"]["p50"] / 1e3
+        with Progress("calibrating host", len(probes), "probe", enabled=progress) as bar:
+            for name, (path, _) in probes.items():
+                bar.note(name)
+                r = measure(path, RunConfig(threads=1, runs=40, warmup=5, cores=cores))
+                if not r.get("ok"):
+                    raise RunFailed(f"host calibration probe {name} failed: {r.get('error')}")
+                times[name] = r["latency_ms"]["p50"] / 1e3
+                bar.update()
         bytes_moved = {
             n: sum(load(p).op_bytes(op) for op in load(p).ops) for n, (p, _) in probes.items()
         }
@@ -187,15 +189,15 @@ def load_or_run(force: bool = False, progress: bool = True) -> dict:
     if path.exists() and not force:
         try:
             data = json.loads(path.read_text())
-            if data.get("key") == key:
+            if isinstance(data, dict) and data.get("key") == key:
                 return data
-        except json.JSONDecodeError:
+        except (OSError, ValueError):  # unreadable or corrupt: calibrate again
             pass
     data = run_calibration(progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        write_json(path, data, force=True)
+    except (OSError, RunFailed) as exc:  # a read-only home must not stop a benchmark
+        print(f"warning: host calibration not cached: {one_line(exc)}", file=sys.stderr)
     return data
 
 

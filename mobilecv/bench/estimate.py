@@ -3,6 +3,7 @@ over tensor lifetimes (the way TFLite Micro plans its arena), and flash footprin
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass
 
 from mobilecv.bench.devices import Device, Runtime
@@ -203,22 +204,73 @@ def estimate(graph: Graph, device: Device, threads: int = 1) -> Estimate:
     )
 
 
+class Verdict(enum.StrEnum):
+    """The overall answer of `bench`: a resource that does not fit decides; a latency
+    budget with no figure to judge it by leaves the answer unknown (never a fit)."""
+
+    FITS = "fits"
+    DOES_NOT_FIT = "does not fit"
+    UNKNOWN = "unknown"
+
+
+def overall(fits: dict[str, bool | None]) -> Verdict:
+    """`fits` maps each resource to True, False, or None (not judged). Only an unjudged
+    latency budget makes the answer unknown: flash, ram and ops are None only where no
+    model file was given, and the reasons say so."""
+    if any(v is False for v in fits.values()):
+        return Verdict.DOES_NOT_FIT
+    if fits.get("latency") is None:
+        return Verdict.UNKNOWN
+    return Verdict.FITS
+
+
+def judge_latency(
+    latency_ms: float | None, source: str | None, budget_ms: float | None
+) -> tuple[bool | None, str | None]:
+    """Does `latency_ms` (labelled by `source`, e.g. "measured p50") meet the budget?
+    True without a budget; None (with a reason) when a budget has no figure to meet."""
+    if budget_ms is None:
+        return True, None
+    if latency_ms is None:
+        return (
+            None,
+            f"latency: unknown, no measured or estimated figure for the {budget_ms:g} ms budget",
+        )
+    if latency_ms <= budget_ms:
+        return True, None
+    return False, f"latency: {source} {latency_ms:.2f} ms exceeds the {budget_ms:g} ms budget"
+
+
+def judged_latency(
+    est: Estimate | None, measured_ms: float | None, measured_source: str | None = None
+) -> tuple[float | None, str | None]:
+    """The latency figure a budget is judged by, and its label: a measurement decides;
+    without one, the estimate; without either, (None, None)."""
+    if measured_ms is not None:
+        return measured_ms, measured_source or "measured"
+    if est is not None and est.latency_ms is not None:
+        return est.latency_ms, "estimated"
+    return None, None
+
+
 def verdict(
     est: Estimate,
     device: Device,
     max_latency_ms: float | None = None,
     measured_latency_ms: float | None = None,
     measured_ram_bytes: int | None = None,
-) -> tuple[dict, str, list[str]]:
+    latency_source: str | None = None,
+) -> tuple[dict, Verdict, list[str]]:
     """fits per resource, the overall verdict, and one reason per failed resource.
-    Measured figures, when given, take precedence over estimates."""
+    Measured figures, when given, take precedence over estimates; `latency_source` names
+    the measured latency ("measured p50", "measured mean") in the reason."""
     ram_need = measured_ram_bytes if measured_ram_bytes is not None else est.ram_bytes
-    latency = measured_latency_ms if measured_latency_ms is not None else est.latency_ms
-    kind = "measured" if measured_latency_ms is not None else "estimated"
+    latency, source = judged_latency(est, measured_latency_ms, latency_source)
+    fits_latency, latency_reason = judge_latency(latency, source, max_latency_ms)
     fits = {
         "flash": est.flash_bytes <= device.flash_bytes,
         "ram": ram_need <= device.ram_bytes,
-        "latency": max_latency_ms is None or latency <= max_latency_ms,
+        "latency": fits_latency,
         "ops": not est.unsupported_ops and not est.unsupported_dtypes,
     }
     reasons = []
@@ -231,8 +283,8 @@ def verdict(
         reasons.append(
             f"ram: needs {ram_need / 1024:.0f} KiB, {device.name} has {device.ram_bytes / 1024:.0f} KiB"
         )
-    if not fits["latency"]:
-        reasons.append(f"latency: {kind} {latency:.2f} ms exceeds the {max_latency_ms:g} ms budget")
+    if latency_reason:
+        reasons.append(latency_reason)
     if est.unsupported_ops:
         reasons.append(
             f"ops: {device.runtime.value} on {device.name} cannot run {', '.join(est.unsupported_ops)}"
@@ -242,4 +294,4 @@ def verdict(
             f"dtypes: {device.name} runs {'/'.join(device.dtypes)} only; model uses "
             f"{', '.join(est.unsupported_dtypes)} activations"
         )
-    return fits, ("fits" if all(fits.values()) else "does not fit"), reasons
+    return fits, overall(fits), reasons

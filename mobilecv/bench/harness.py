@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobilecv.errors import InputError
+from mobilecv.fileio import load_numpy
 
 ONDEVICE = Path(__file__).with_name("ondevice.py")
 
@@ -49,6 +50,29 @@ class RunConfig:
         for f in self.inputs:
             if not Path(f).is_file():
                 raise InputError(f"{f}: no such input file")
+
+
+def check_inputs(graph, files: tuple[str, ...] | list[str]) -> None:
+    """The user's --inputs .npy files match the model's inputs in number and size, so
+    a wrong file is bad input (InputError), not a measured run that fails."""
+    if not files:
+        return
+    import numpy as np
+
+    tensors = [graph.tensors[i] for i in graph.inputs]
+    if len(files) != len(tensors):
+        raise InputError(
+            f"{graph.path} has {len(tensors)} input(s); got {len(files)} --inputs file(s)"
+        )
+    for tensor, path in zip(tensors, files, strict=True):
+        array = load_numpy(path, mmap_mode="r")
+        if not isinstance(array, np.ndarray):
+            raise InputError(f"{path}: an .npz archive; give one .npy array per input")
+        if array.size != tensor.elements:
+            raise InputError(
+                f"{path}: shape {array.shape} has {array.size} values; input "
+                f"{tensor.name!r} takes shape {list(tensor.shape)}"
+            )
 
 
 def _available_cores() -> set[int] | None:

@@ -6,6 +6,10 @@ A single file to copy to a Raspberry Pi or a phone. It needs numpy and either
 mobilecv's harness runs this same file in a child process on the host, and
 `mobilecv bench --import result.json` merges a device's output into a report.
 
+Random float inputs are drawn in the input range the model declares: the "mobilecv"
+metadata entry mobilecv writes into every .tflite (read with ai_edge_litert's schema),
+else `--input-range LO,HI`, else [0, 1]. Quantised inputs take every integer code.
+
     python3 ondevice.py model.tflite --threads 4 --runs 100 -o result.json
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import mmap
 import os
 import platform
 import resource
@@ -21,6 +26,7 @@ import sys
 import time
 
 SCHEMA_VERSION = 1
+DEFAULT_INPUT_RANGE = (0.0, 1.0)
 
 
 def _interpreter_class():
@@ -60,14 +66,67 @@ def _peak_rss_kb() -> float:
     return peak / 1024 if sys.platform == "darwin" else float(peak)  # macOS reports bytes
 
 
-def random_input(detail: dict, rng):
-    """Random data over the tensor's whole representable (quantised) range."""
+def declared_input_range(model: str, entry_name: bytes = b"mobilecv") -> tuple | None:
+    """(lo, hi) from the model's metadata entry `entry_name` (mobilecv's model info), or
+    None (no entry, or no schema: tflite_runtime does not ship one).
+
+    The file is memory-mapped, so only the pages holding the metadata are read: the
+    measured peak RSS stays the runtime's own."""
+    try:
+        from ai_edge_litert import schema_py_generated as fb
+    except ImportError:
+        return None
+    try:
+        with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            payload = _metadata_entry(fb, mm, entry_name)
+        if payload is None:
+            return None
+        lo, hi = json.loads(payload)["input_range"]
+        return float(lo), float(hi)
+    except Exception:  # noqa: BLE001 - not a model, or a damaged entry: the flag or default decides
+        return None
+
+
+def _metadata_entry(fb, data, name: bytes) -> bytes | None:
+    """A copy of one metadata entry's payload (no view of `data` outlives the call)."""
+    root = fb.Model.GetRootAs(data, 0)
+    for i in range(root.MetadataLength()):
+        entry = root.Metadata(i)
+        if entry.Name() == name:
+            return root.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+    return None
+
+
+def parse_input_range(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (lo, hi) with lo < hi."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-range expects LO,HI (e.g. 0,255); got {text!r}") from None
+    if not lo < hi:
+        raise ValueError(f"--input-range needs LO < HI; got {text!r}")
+    return lo, hi
+
+
+def input_range_for(model: str, flag: tuple[float, float] | None) -> tuple[tuple, str]:
+    """The range random float inputs are drawn from, and where it came from."""
+    if flag is not None:
+        return flag, "flag"
+    declared = declared_input_range(model)
+    if declared is not None:
+        return declared, "metadata"
+    return DEFAULT_INPUT_RANGE, "default"
+
+
+def random_input(detail: dict, rng, input_range: tuple[float, float] = DEFAULT_INPUT_RANGE):
+    """Random data: float inputs uniform over the model's input range, quantised inputs
+    over every integer code."""
     import numpy as np
 
     dtype = np.dtype(detail["dtype"])
     shape = [max(int(d), 1) for d in detail["shape"]]
     if dtype.kind == "f":
-        return rng.uniform(-1.0, 1.0, shape).astype(dtype)
+        return rng.uniform(input_range[0], input_range[1], shape).astype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         scale = detail.get("quantization", (0.0, 0))[0]
@@ -115,8 +174,11 @@ def measure(
     inputs: list[str] | None = None,
     seed: int = 0,
     device: str = "",
+    input_range: tuple[float, float] | None = None,
 ) -> dict:
-    """Load, warm up and time `model`; return the result dict (raises on failure)."""
+    """Load, warm up and time `model`; return the result dict (raises on failure).
+
+    `input_range` overrides the range the model declares for random float inputs."""
     if cores:
         os.sched_setaffinity(0, cores)  # before the runtime starts its threads
     if memory_limit_mb:
@@ -124,6 +186,8 @@ def measure(
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import numpy as np
 
+    # Before the runtime starts, so that reading the metadata is not part of its memory.
+    drawn_in, range_source = (None, "inputs") if inputs else input_range_for(model, input_range)
     interpreter_cls, runtime = _interpreter_class()
     rss_before = _rss_kb() or _peak_rss_kb()
 
@@ -148,7 +212,7 @@ def measure(
             data.append(arr.astype(d["dtype"], copy=False))
     else:
         rng = np.random.default_rng(seed)
-        data = [random_input(d, rng) for d in details]
+        data = [random_input(d, rng, drawn_in) for d in details]
     for d, arr in zip(details, data, strict=True):
         interp.set_tensor(d["index"], arr)
 
@@ -201,6 +265,8 @@ def measure(
         "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "runtime": runtime,
         "machine": f"{platform.system()} {platform.machine()} {platform.python_version()}",
+        "input_range": list(drawn_in) if drawn_in else None,
+        "input_range_source": range_source,
         "ok": True,
     }
 
@@ -216,14 +282,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-limit-mb", type=float, default=None, help="RLIMIT_AS for this process")
     p.add_argument("--inputs", nargs="*", default=None, help=".npy file per model input")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--input-range",
+        default=None,
+        metavar="LO,HI",
+        help="range of random float inputs (default: the model's mobilecv metadata, else 0,1)",
+    )
     p.add_argument("--device", default="", help="name to record (default: hostname)")
     p.add_argument("-o", "--output", default="-", help="JSON file (default stdout)")
     a = p.parse_args(argv)
     cores = [int(c) for c in a.cores.split(",") if c.strip()] if a.cores else None
     try:
+        flag_range = parse_input_range(a.input_range) if a.input_range else None
+    except ValueError as exc:
+        p.error(str(exc))
+    try:
         result = measure(
             a.model, a.threads, a.runs, a.warmup, a.time_budget, cores,
-            a.memory_limit_mb, a.inputs, a.seed, a.device,
+            a.memory_limit_mb, a.inputs, a.seed, a.device, flag_range,
         )  # fmt: skip
         code = 0
     except MemoryError:

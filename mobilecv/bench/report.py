@@ -17,6 +17,9 @@ def _fmt(v, unit: str = "", digits: int = 3) -> str:
     return f"{v}{unit}"
 
 
+_FIT_WORDS = {True: "yes", False: "no", None: "unknown"}
+
+
 def _kib(v) -> str:
     return "–" if v is None else f"{v / 1024:.1f} KiB"
 
@@ -81,16 +84,17 @@ def markdown(results: list[dict], images: dict[int, list[str]] | None = None) ->
     images = images or {}
     lines = ["# mobilecv bench report", ""]
     lines += [
-        "| model | device | verdict | p50 ms | p90 ms | p99 ms | est. ms | init ms | "
+        "| model | device | verdict | p50 ms | p90 ms | p99 ms | mean ms | est. ms | init ms | "
         "peak RSS MB | model | arena | est. activations | est. flash | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lat = r.get("latency_ms") or {}
         est = r.get("estimate") or {}
         lines.append(
             f"| {Path(r['model']).name} | {r['device']} | {r['verdict']} | {_fmt(lat.get('p50'))} | "
-            f"{_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(est.get('latency_ms'))} | "
+            f"{_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(lat.get('mean'))} | "
+            f"{_fmt(est.get('latency_ms'))} | "
             f"{_fmt(r.get('init_ms'))} | {_fmt(r.get('peak_rss_mb'))} | {_kib(r.get('model_bytes'))} | "
             f"{_kib(r.get('arena_bytes'))} | {_kib(est.get('peak_activation_bytes'))} | "
             f"{_kib(est.get('flash_bytes'))} | {', '.join(r.get('measured', []))} |"
@@ -103,8 +107,15 @@ def markdown(results: list[dict], images: dict[int, list[str]] | None = None) ->
             lines.append(f"- {reason}")
         if r.get("fits"):
             lines.append(
-                "- fits: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in r["fits"].items())
+                "- fits: " + ", ".join(f"{k} {_FIT_WORDS[v]}" for k, v in r["fits"].items())
             )
+        judged = r.get("judged_latency") or {}
+        if judged.get("ms") is not None:
+            lines.append(
+                f"- latency judged by the {judged['source']} figure: {judged['ms']:.4g} ms"
+            )
+        for note in r.get("notes", []):
+            lines.append(f"- note: {note}")
         per_op = r.get("estimate_per_op") or []
         if per_op:
             slow = sorted(per_op, key=lambda o: -o["ms"])[:5]

@@ -9,14 +9,21 @@ import click
 
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
 
 def _cores(text: str | None) -> tuple[int, ...]:
     if not text:
         return ()
     try:
-        return tuple(int(c) for c in text.split(",") if c.strip())
+        cores = tuple(int(c) for c in text.split(",") if c.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of core ids") from None
+        cores = (-1,)
+    if not cores or min(cores) < 0:
+        raise click.BadParameter(
+            f"{text!r} is not a comma-separated list of core ids", param_hint="--cores"
+        )
+    return cores
 
 
 @click.command("bench")
@@ -28,14 +35,32 @@ def _cores(text: str | None) -> tuple[int, ...]:
     show_default=True,
     help="Device profile name (see `mobilecv devices`) or a profile .yaml.",
 )
-@click.option("--threads", type=int, default=1, show_default=True, help="Interpreter threads.")
-@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (host only).")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed warm-up runs.")
-@click.option("--time-budget", type=float, default=None, help="Stop timing after S seconds.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Interpreter threads.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed runs (host only).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed warm-up runs.",
+)
+@click.option("--time-budget", type=POSITIVE, default=None, help="Stop timing after S seconds.")
 @click.option("--cores", default=None, help="CPU affinity for the measured run, e.g. 0 or 0,1.")
 @click.option(
     "--memory-limit-mb",
-    type=float,
+    type=POSITIVE,
     default=None,
     help="Address-space limit (RLIMIT_AS) for the measured child process.",
 )
@@ -45,11 +70,17 @@ def _cores(text: str | None) -> tuple[int, ...]:
     type=click.Path(exists=True, dir_okay=False),
     help=".npy file per model input (repeat in input order); default random.",
 )
-@click.option("--max-latency-ms", type=float, default=None, help="Latency budget for the verdict.")
-@click.option("--fail-if-not-fit", is_flag=True, help="Exit 1 if any model does not fit.")
+@click.option(
+    "--max-latency-ms", type=POSITIVE, default=None, help="Latency budget for the verdict."
+)
+@click.option(
+    "--fail-if-not-fit",
+    is_flag=True,
+    help="Exit 1 unless every model fits (a verdict of 'unknown' is not a fit).",
+)
 @click.option(
     "--timeout",
-    type=float,
+    type=POSITIVE,
     default=120.0,
     show_default=True,
     help="Kill a measured run after S seconds.",
@@ -74,13 +105,15 @@ def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limi
           max_latency_ms, fail_if_not_fit, timeout, import_, report, force, as_json) -> None:  # fmt: skip
     """Will MODEL.tflite fit on DEVICE, and how fast is it? Measures on `host` (in a
     child process), runs TFLite Micro for MCU profiles, estimates the rest."""
-    from mobilecv.bench import from_import, load_result, run
+    from mobilecv.bench import Verdict, from_import, load_result, run
+    from mobilecv.bench import devices as dev
     from mobilecv.errors import InputError
 
     if not models and not import_:
         raise click.UsageError("give at least one MODEL.tflite (or --import RESULT)")
     if import_ and len(models) > 1:
         raise InputError("--import merges one device result: give at most one model")
+    dev.get(device, calibrate=False)  # an unknown device fails before any model is read
     imported = load_result(import_) if import_ else None
     results = []
     if imported is not None and not models:
@@ -115,24 +148,28 @@ def bench(models, device, threads, runs, warmup, time_budget, cores, memory_limi
     else:
         for r in results:
             _print(r)
-    if fail_if_not_fit and any(r["verdict"] != "fits" for r in results):
+    if fail_if_not_fit and any(r["verdict"] != Verdict.FITS for r in results):
         sys.exit(1)
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f} ms"
 
 
 def _print(r: dict) -> None:
     lat = r["latency_ms"]
     est = r["estimate"]
     click.echo(f"{Path(r['model']).name} on {r['device']}: {r['verdict']}")
-    if lat.get("p50") is not None:
+    if "latency_ms" in r["measured"]:
         click.echo(
-            f"  measured  p50 {lat['p50']:.3f} ms  p90 {lat['p90'] or float('nan'):.3f} ms  "
-            f"p99 {lat['p99'] or float('nan'):.3f} ms  mean {lat['mean']:.3f} ms  ({r['runs']} runs, "
-            f"{r['threads']} thread(s))"
+            f"  measured  p50 {_ms(lat['p50'])}  p90 {_ms(lat['p90'])}  p99 {_ms(lat['p99'])}  "
+            f"mean {_ms(lat['mean'])}  ({r['runs']} runs, {r['threads']} thread(s))"
         )
     if r.get("init_ms") is not None:
+        rss = r.get("peak_rss_mb")
         click.echo(
-            f"  measured  init {r['init_ms']:.2f} ms  first inference {r['first_inference_ms']:.3f} ms  "
-            f"peak RSS +{r['peak_rss_mb'] or 0:.1f} MB"
+            f"  measured  init {r['init_ms']:.2f} ms  first inference {_ms(r.get('first_inference_ms'))}  "
+            f"peak RSS {'–' if rss is None else f'+{rss:.1f} MB'}"
         )
     if r.get("arena_bytes") is not None:
         click.echo(f"  measured  TFLM arena {r['arena_bytes']} bytes (smallest that works)")
@@ -141,8 +178,13 @@ def _print(r: dict) -> None:
             f"  estimated latency {est['latency_ms']:.3f} ms  activations {est['peak_activation_bytes']} B  "
             f"flash {est['flash_bytes']} B  RAM {est['ram_bytes']} B"
         )
+    judged = r.get("judged_latency") or {}
+    if judged.get("ms") is not None:
+        click.echo(f"  latency judged by the {judged['source']} figure, {judged['ms']:.3f} ms")
     for reason in r["reasons"]:
         click.echo(f"  - {reason}")
+    for note in r.get("notes", []):
+        click.echo(f"  note: {note}")
 
 
 @click.command("devices")

@@ -91,14 +91,21 @@ def convert(
 ):
     """Convert MODEL (a .keras/.h5 file or a registered model name) to TFLite,
     then run it in LiteRT against Keras and report the agreement."""
+    from mobilecv.converters.isolated import start_worker
+    from mobilecv.converters.tflite import check_request, model_is_qat, resolve_model
     from mobilecv.converters.tflite import convert as convert_model
-    from mobilecv.converters.tflite import resolve_model
     from mobilecv.fileio import check_writable
 
+    # Refuse a bad combination before TensorFlow and the model load (~13 s); a QAT model
+    # needs no calibration, and its file says whether it is one.
+    qat = model_is_qat(model)
+    if qat is not None:
+        check_request(quantize, io_type, calibration, samples, not per_tensor, qat)
     if fmt == "tflite":
         check_writable(output, force)  # fail before minutes of conversion, not after
     if fmt == "c" and sparse is None:
         sparse = False  # TFLite Micro has no DENSIFY kernel for sparse-encoded weights
+    start_worker()  # the converter's process imports TensorFlow while this one loads the model
     keras_model = resolve_model(model)
     result = convert_model(
         keras_model,

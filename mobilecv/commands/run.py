@@ -39,6 +39,9 @@ def run_command(recipe_name, out_dir, overrides, dry_run, as_json) -> None:
             state = "runs" if step["runs"] else "skipped (not configured)"
             click.echo(f"  {step['step']:<9} {state}")
         click.echo(recipes.dump(loaded).rstrip())
+    elif not summary["chief"]:
+        did = "trained with the cluster" if "train" in summary["ran"] else "nothing to train"
+        click.echo(f"{summary['task']}: {did}; the chief writes the artefacts")
     else:
         ran = ", ".join(summary["ran"]) or "nothing"
         skipped = ", ".join(summary["skipped"]) or "nothing"

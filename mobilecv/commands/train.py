@@ -42,6 +42,7 @@ def _load_or_build(spec: str, data: str, resolution: int | None, width: float | 
     import mobilecv  # lazy: the registry imports every model family
     from mobilecv.data import load_arrays
 
+    mobilecv.registry.get(spec)  # an unknown name fails before the data is read
     sample = load_arrays(data, "validation", limit=1)
     channels = int(sample.x.shape[-1])
     return mobilecv.build(
@@ -143,10 +144,11 @@ def train_command(
     from mobilecv.compress.pipeline import output_paths, save_outputs
     from mobilecv.train import train
 
+    # Every cheap check before the model is loaded or built (TensorFlow takes seconds).
     output_paths(out_dir, qat=False, force=force)
-
-    keras_model = _load_or_build(model, data, resolution, width)
+    frozen = _freeze(freeze)
     chain = _augmentation(augment, data, limit)
+    keras_model = _load_or_build(model, data, resolution, width)
     cache_dir = Path(out_dir) / "features" if cache_features else None
     keras_model, report = train(
         keras_model,
@@ -155,7 +157,7 @@ def train_command(
         batch_size=batch_size,
         learning_rate=lr,
         schedule=schedule,
-        freeze=_freeze(freeze),
+        freeze=frozen,
         cache_features=cache_features,
         cache_dir=cache_dir,
         augment=chain,
@@ -267,8 +269,9 @@ def compress_command(
     Writes DIR/model.keras (DIR/model.h5 after --qat) and DIR/report.json with
     held-out accuracy, sparsity and distinct weights per stage.
     """
-    from mobilecv.compress.pipeline import compress, output_paths, save_outputs
+    from mobilecv.compress.pipeline import check_request, compress, output_paths, save_outputs
 
+    check_request(prune, prune_2by4, cluster, qat, epochs)
     output_paths(out_dir, qat=qat, force=force)
     chain = _augmentation(augment, data, limit)
     keras_model = _load_or_build(model, data, None, None)

@@ -49,7 +49,9 @@ def check_supported(
 
 
 def clone(model, fn: Callable):
-    """tf_keras clone_model keeping input layers as they are."""
+    """tf_keras clone_model keeping input layers as they are (and the model's info)."""
+    from mobilecv.modelinfo import carry
+
     K = get_keras("tf_keras")
 
     def _fn(layer):
@@ -57,7 +59,7 @@ def clone(model, fn: Callable):
             return layer.__class__.from_config(layer.get_config())
         return fn(layer)
 
-    return K.models.clone_model(model, clone_function=_fn)
+    return carry(model, K.models.clone_model(model, clone_function=_fn))
 
 
 def copy_layer(layer):

@@ -80,7 +80,9 @@ def strip(model):
     """Remove clustering wrappers; kernels keep their clustered (centroid) values."""
     import tensorflow_model_optimization as tfmot
 
-    return tfmot.clustering.keras.strip_clustering(model)
+    from mobilecv.modelinfo import carry
+
+    return carry(model, tfmot.clustering.keras.strip_clustering(model))
 
 
 def unique_weights(model, layers: list[str] | None = None) -> dict[str, int]:

@@ -26,7 +26,7 @@ from mobilecv.compress._common import (
     unique_counts,
     unique_per_channel,
 )
-from mobilecv.errors import InputError, parse_choice
+from mobilecv.errors import InputError, UnknownName, parse_choice
 from mobilecv.train import Schedule, Splits, evaluate, fit, load_splits, steps_per_epoch
 
 # Weights measured for the report: every conv/dense kernel a technique may touch.
@@ -62,7 +62,7 @@ class CompressReport:
         for item in self.stages:
             if item.stage == name:
                 return item
-        raise KeyError(f"no stage {name!r} in the report")
+        raise UnknownName(f"no stage {name!r} in the report")
 
 
 def measure(
@@ -81,6 +81,19 @@ def measure(
         seconds=round(seconds, 2),
         details=details,
     )
+
+
+def check_request(
+    prune: float | None, prune_2by4: bool, cluster: int | None, qat: bool, epochs: int
+) -> None:
+    """The requested techniques make sense together (cheap: the CLI checks it before
+    loading the model)."""
+    if prune is not None and prune_2by4:
+        raise InputError("choose either --prune SPARSITY or --prune-2by4, not both")
+    if prune is None and not prune_2by4 and cluster is None and not qat:
+        raise InputError("nothing to do: pass at least one of prune, prune_2by4, cluster, qat")
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
 
 
 def compress(
@@ -110,12 +123,7 @@ def compress(
     fake-quantised model, which the TFLite converter turns into an int8 model.
     """
     require_tf_keras(model, "compress")
-    if prune is not None and prune_2by4:
-        raise InputError("choose either --prune SPARSITY or --prune-2by4, not both")
-    if prune is None and not prune_2by4 and cluster is None and not qat:
-        raise InputError("nothing to do: pass at least one of prune, prune_2by4, cluster, qat")
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}")
+    check_request(prune, prune_2by4, cluster, qat, epochs)
     schedule = parse_choice(Schedule, schedule, "schedule")  # before any data is loaded
     splits = load_splits(data, limit=limit)
     report = CompressReport(

@@ -244,7 +244,9 @@ def strip(model):
     """Remove pruning wrappers, leaving plain layers whose kernels hold the zeros."""
     import tensorflow_model_optimization as tfmot
 
-    return tfmot.sparsity.keras.strip_pruning(model)
+    from mobilecv.modelinfo import carry
+
+    return carry(model, tfmot.sparsity.keras.strip_pruning(model))
 
 
 def measured_sparsity(model, layers: list[str] | None = None) -> dict[str, float]:
@@ -261,7 +263,7 @@ def m_by_n_violations(kernel: np.ndarray, m_by_n: tuple[int, int] = (2, 4)) -> i
     m, n = m_by_n
     groups = np.moveaxis(np.asarray(kernel), -2, -1)  # input channels last
     if groups.shape[-1] % n:
-        raise ValueError(f"input channels {groups.shape[-1]} are not a multiple of {n}")
+        raise InputError(f"input channels {groups.shape[-1]} are not a multiple of {n}")
     groups = groups.reshape(-1, n)
     return int(np.sum(np.sum(groups == 0, axis=1) < m))
 

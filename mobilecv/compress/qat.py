@@ -24,6 +24,7 @@ import os
 from mobilecv._tf import get_keras
 from mobilecv.compress._common import clone, copy_layer, require_tf_keras, unwrap
 from mobilecv.errors import InputError
+from mobilecv.modelinfo import carry
 
 TECHNIQUE = "qat"
 
@@ -216,7 +217,7 @@ def split_fused_activations(model):
     for layer in model.layers:
         if layer.weights:
             rebuilt.get_layer(layer.name).set_weights(layer.get_weights())
-    return rebuilt
+    return carry(model, rebuilt)
 
 
 def _rename_all(node, rename):
@@ -273,7 +274,7 @@ def quantize(model, scheme: str | QuantScheme = QuantScheme.DEFAULT):
     # Remembered (untracked by Keras) so save() can write a rebuildable copy: a CQAT
     # model's config names the plain quantizers, so it cannot be reloaded from .h5 alone.
     object.__setattr__(quantized, "_mobilecv_qat_source", (source, scheme.value))
-    return quantized
+    return carry(source, quantized)
 
 
 SIDECAR = "qat.json"

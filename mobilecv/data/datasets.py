@@ -4,6 +4,10 @@ Every source is split the same way: a validation split is carved from TRAIN with
 fixed seed, so tuning and calibration never see the test split. Sources without a
 test split of their own (digits, .npz without x_test, a flat image folder) get a
 fixed-seed test split carved first.
+
+Arrays hold pixels 0..255. The pipelines hand a model its images in the input range it
+declares (`mobilecv.modelinfo`: [0, 1] unless the model says otherwise); augmentations
+run before that mapping, on [0, 1] images.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 
 from mobilecv._tf import tf
 from mobilecv.errors import InputError
+from mobilecv.fileio import load_numpy, read_image_rgb
+from mobilecv.modelinfo import UNIT_RANGE, get_info, map_range
 
 FASHION_MNIST_DIR = Path(
     os.environ.get("MOBILECV_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
@@ -93,7 +99,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _npz(path: Path):
-    with np.load(path) as archive:
+    with load_numpy(path) as archive:
         keys = set(archive.files)
         if not {"x", "y"} <= keys:
             raise InputError(
@@ -135,14 +141,13 @@ def _read_folder(root: Path, class_names: Sequence[str] | None = None):
             else []
         )
         for file in files:
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                # Images of mixed sizes are brought to the first one's size here; load()
-                # resizes to the model's resolution afterwards.
-                size = size or img.size
-                if img.size != size:
-                    img = img.resize(size)
-                images.append(np.asarray(img, dtype=np.uint8))
+            image = read_image_rgb(file)
+            # Images of mixed sizes are brought to the first one's size here; load()
+            # resizes to the model's resolution afterwards.
+            size = size or image.shape[1::-1]
+            if image.shape[1::-1] != size:
+                image = np.asarray(Image.fromarray(image).resize(size), dtype=np.uint8)
+            images.append(image)
             labels.append(index)
     if not images:
         raise InputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found in class folders")
@@ -228,10 +233,28 @@ def load_arrays(
 # --------------------------------------------------------------------------- tf.data
 
 
-def prepare_images(x, resolution: int | tuple[int, int] | None, channels: int | None, scale: float):
-    """Float images resized to the model's resolution with its channel count (tf ops)."""
+def prepare_images(
+    x,
+    resolution: int | tuple[int, int] | None,
+    channels: int | None,
+    input_range: tuple[float, float] = UNIT_RANGE,
+):
+    """Pixel images (0..255) as float32 at the model's resolution and channel count,
+    mapped onto `input_range`, the range the model declares (tf ops)."""
+    return map_range(_unit_images(x, resolution, channels), input_range, peak=1.0)
+
+
+def model_inputs(images: np.ndarray, model) -> np.ndarray:
+    """Pixel images as `model` takes them: its resolution, channels and input range."""
+    shape = model.input_shape
+    x = prepare_images(images, (shape[1], shape[2]), shape[3], get_info(model).input_range)
+    return np.asarray(x, dtype=np.float32)
+
+
+def _unit_images(x, resolution: int | tuple[int, int] | None, channels: int | None):
+    """Pixels -> float32 in [0, 1], channels matched, resized (tf ops)."""
     T = tf()
-    x = T.cast(x, T.float32) * scale
+    x = T.cast(x, T.float32) * (1.0 / 255.0)
     have = x.shape[-1]
     if channels is not None and channels != have:
         if have == 1:
@@ -255,20 +278,28 @@ def to_dataset(
     batch_size: int = 32,
     shuffle: bool = False,
     augment: Callable | None = None,
-    scale: float = 1.0 / 255.0,
+    input_range: tuple[float, float] = UNIT_RANGE,
     seed: int = 0,
 ):
-    """Turn arrays into a batched tf.data pipeline of (image float32, label int64)."""
+    """Turn arrays into a batched tf.data pipeline of (image float32, label int64).
+
+    Images are augmented in [0, 1], then mapped onto `input_range` (the model's).
+    """
     T = tf()
     ds = T.data.Dataset.from_tensor_slices((data.x, data.y))
     if shuffle:
         ds = ds.shuffle(min(len(data), 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(
-        lambda x, y: (prepare_images(x, resolution, channels, scale), y),
+        lambda x, y: (_unit_images(x, resolution, channels), y),
         num_parallel_calls=T.data.AUTOTUNE,
     )
     if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=T.data.AUTOTUNE)
+        # One call at a time: the augmentations draw from stateful random ops, and parallel
+        # calls would take the draws in a racy order, so a seeded run would not repeat.
+        ds = ds.map(lambda x, y: (augment(x), y))
+    ds = ds.map(
+        lambda x, y: (map_range(x, input_range, peak=1.0), y), num_parallel_calls=T.data.AUTOTUNE
+    )
     return ds.batch(batch_size).prefetch(T.data.AUTOTUNE)
 
 
@@ -283,13 +314,14 @@ def load(
     augment: Callable | None = None,
     limit: int | None = None,
     val_fraction: float = 0.1,
-    scale: float = 1.0 / 255.0,
+    input_range: tuple[float, float] = UNIT_RANGE,
     seed: int = 0,
 ):
     """A tf.data pipeline for one split with the model's resolution and channels applied.
 
-    Images are float32 in [0, 1] (`scale` changes that, e.g. 1.0 keeps 0..255 for
-    models that rescale themselves). The training split is shuffled by default.
+    Images are float32 in `input_range`: [0, 1] by default, the model's declared range
+    (`mobilecv.modelinfo.get_info(model).input_range`) when feeding a model. The
+    training split is shuffled by default.
     """
     split = Split(split) if not isinstance(split, Split) else split
     data = load_arrays(name_or_path, split, val_fraction=val_fraction, limit=limit)
@@ -300,6 +332,6 @@ def load(
         batch_size=batch_size,
         shuffle=(split is Split.TRAIN) if shuffle is None else shuffle,
         augment=augment,
-        scale=scale,
+        input_range=input_range,
         seed=seed,
     )

@@ -25,6 +25,7 @@ import enum
 from types import ModuleType
 
 from mobilecv import arch
+from mobilecv.errors import InputError
 from mobilecv.layers import adaptive_avg_pool, check_dims, local_response_norm, nd, spatial_input
 from mobilecv.registry import register_model
 
@@ -44,7 +45,7 @@ def _enum(cls, value, what):
     try:
         return cls(value)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"{what} must be one of {', '.join(v.value for v in cls)}, got {value!r}"
         ) from None
 

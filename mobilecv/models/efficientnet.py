@@ -6,7 +6,14 @@ instead of swish, no squeeze-excite, and the stem, head, first and last stage ke
 while scaling, so that they quantise well on mobile accelerators.
 
 The B-series equals keras.applications.EfficientNetB* parameter for parameter and keeps
-its layer names (including the input Rescaling + Normalization).
+its layer names (including the input Normalization, which holds weights).
+
+Input scaling follows the `input_range` knob, the range the model declares (see
+mobilecv.modelinfo), so that the stem always sees what keras.applications' stem sees:
+B0-B7 normalise p / 255 for pixels p, Lite takes (p - 127) / 128. `pixels` ([0, 255])
+therefore reproduces keras.applications exactly (Rescaling(1/255) + Normalization);
+`unit` ([0, 1], the default) needs no Rescaling for B0-B7 and one for Lite; `symmetric`
+([-1, 1]) is within one int8 step of Lite's stem input, so Lite spends no op on it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from types import ModuleType
 
 from mobilecv import arch
 from mobilecv.layers import classifier_head, conv_bn_act, inverted_residual
+from mobilecv.modelinfo import InputRange
 from mobilecv.registry import register_model
 
 EFFICIENTNET_STAGES = arch.decode_table(
@@ -59,6 +67,35 @@ EFFICIENTNET_LITE_ROWS = {
     "lite3": Row(1.2, 1.4, 280, 0.3),
     "lite4": Row(1.4, 1.8, 300, 0.3),
 }
+# A Rescaling this close to the identity is left out: one int8 step of [-1, 1] is 2/255.
+IDENTITY_TOLERANCE = 1.0 / 128.0
+
+
+def stem_rescaling(lite: bool, input_range: InputRange) -> tuple[float, float] | None:
+    """(scale, offset) taking the declared range to the range keras.applications feeds
+    its stem (B0-B7: p / 255 before Normalization; Lite: (p - 127) / 128), or None when
+    that is the identity (within IDENTITY_TOLERANCE)."""
+    lo, hi = InputRange(input_range).bounds
+    # Declared x in [lo, hi] stands for the pixel p = 255 (x - lo) / (hi - lo).
+    scale, offset = 1.0 / (hi - lo), -lo / (hi - lo)  # p / 255
+    if lite:
+        scale, offset = scale * 255.0 / 128.0, offset * 255.0 / 128.0 - 127.0 / 128.0
+    if abs(scale - 1.0) <= IDENTITY_TOLERANCE and abs(offset) <= IDENTITY_TOLERANCE:
+        return None
+    return scale, offset
+
+
+def _rescale(K: ModuleType, x, scale: float, offset: float):
+    """x * scale + offset, written as (x + offset / scale) * scale.
+
+    The converter folds the multiplication into the stem conv, so the one op left is an
+    ADD on the input's own int8 scale. A single Rescaling(scale, offset) becomes MUL then
+    ADD, and the converter gives the MUL's output a range that also spans the ADD's: Lite's
+    stem then sees about 170 of the 256 int8 levels of the image.
+    """
+    if offset:
+        x = K.layers.Rescaling(1.0, offset=offset / scale, name="input_offset")(x)
+    return K.layers.Rescaling(scale, name="rescaling")(x)
 
 
 def _efficientnet(
@@ -73,17 +110,18 @@ def _efficientnet(
     dropout: float,
     lite: bool,
     name: str,
+    input_range: InputRange,
 ):
     act = "relu6" if lite else "swish"
     stages = arch.scale(
         EFFICIENTNET_STAGES, width, depth, fixed_depth_stages=(0, -1) if lite else ()
     )
     inputs = K.layers.Input(shape=(resolution, resolution, input_channels), name="input")
-    if lite:
-        # Lite models take pixels normalised as (x - 127) / 128.
-        x = K.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
-    else:
-        x = K.layers.Rescaling(1.0 / 255.0, name="rescaling")(inputs)
+    x = inputs
+    rescaling = stem_rescaling(lite, input_range)
+    if rescaling is not None:
+        x = _rescale(K, x, *rescaling)
+    if not lite:
         x = K.layers.Normalization(axis=-1, name="normalization")(x)
     stem = STEM_CHANNELS if lite else arch.make_divisible(STEM_CHANNELS * width)
     x = conv_bn_act(K, x, stem, 3, 2, act, ("stem_conv", "stem_bn", "stem_activation"))
@@ -126,6 +164,7 @@ def _register_row(variant: str, row: Row, lite: bool) -> None:
         include_top: bool,
         input_channels: int,
         keras: ModuleType,
+        input_range: InputRange = InputRange.UNIT,
         dropout: float = row.dropout,
     ):
         return _efficientnet(
@@ -139,6 +178,7 @@ def _register_row(variant: str, row: Row, lite: bool) -> None:
             dropout=dropout,
             lite=lite,
             name=name,
+            input_range=input_range,
         )
 
     builder.__name__ = name
@@ -166,6 +206,7 @@ def efficientnet(
     include_top: bool,
     input_channels: int,
     keras: ModuleType,
+    input_range: InputRange = InputRange.UNIT,
     dropout: float = 0.2,
     phi: float | None = None,
     lite: bool = False,
@@ -182,4 +223,5 @@ def efficientnet(
         dropout=dropout,
         lite=lite,
         name=f"efficientnet_w{width:.3g}_d{depth:.3g}_r{resolution}",
+        input_range=input_range,
     )

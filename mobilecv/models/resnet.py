@@ -16,6 +16,7 @@ import enum
 from types import ModuleType
 
 from mobilecv import arch
+from mobilecv.errors import InputError
 from mobilecv.layers import check_dims, nd, residual_block, spatial_input
 from mobilecv.registry import register_model
 
@@ -51,7 +52,7 @@ def _resnet(
     table, residual = RESNETS[name]
     shortcut = Shortcut(shortcut) if shortcut in set(Shortcut) else None
     if shortcut is None:
-        raise ValueError("shortcut must be 'projection' or 'pad'")
+        raise InputError("shortcut must be 'projection' or 'pad'")
     check_dims(dims)
     stages = arch.scale(table, width, depth)
     bottleneck = table[0].kind == "bottleneck"

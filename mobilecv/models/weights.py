@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, MissingFile
 
 
 def _decode(value) -> str:
@@ -86,16 +86,23 @@ def _flat_layers(model):
 def _read_source(source) -> tuple[OrderedDict[str, list[np.ndarray]], bool]:
     if not isinstance(source, (str, os.PathLike)):
         return _model_weights(source), False
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+    path = check_weights_file(source)
     if path.endswith(".keras"):
         from mobilecv.modelio import load_model
 
         return _model_weights(load_model(path)), False
-    if path.endswith(".h5") or path.endswith(".hdf5"):
-        return _h5_weights(path)
-    raise InputError(f"{path}: expected a .h5, .weights.h5 or .keras file")
+    return _h5_weights(path)
+
+
+def check_weights_file(source: str | os.PathLike) -> str:
+    """The path of an existing .h5/.weights.h5/.keras file, or an InputError (cheap: the
+    CLI calls it before building the model)."""
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise MissingFile(f"weights file not found: {path}")
+    if os.path.isdir(path) or not path.endswith((".keras", ".h5", ".hdf5")):
+        raise InputError(f"{path}: expected a .h5, .weights.h5 or .keras file")
+    return path
 
 
 def _shapes(weights: list[np.ndarray]) -> list[tuple]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, MissingFile
 
 HERE = Path(__file__).parent
 
@@ -195,10 +195,16 @@ def parse_profile(data: dict, origin: str = "<profile>") -> Device:
 
 def load_file(path: str | Path) -> Device:
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a device profile .yaml")
+    if not path.exists():
+        raise MissingFile(f"{path}: no such device profile file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file, so not a YAML device profile") from None
     device = parse_profile(data, str(path))
     if device.name != path.stem:
         raise InputError(f"{path}: name {device.name!r} must match the file name")
