@@ -203,4 +203,5 @@ def build(
 
         load_weights(model, weights)
     source = {"model": name, **knobs, **({"weights": str(weights)} if weights else {})}
-    return set_info(model, ModelInfo(input_range=knobs["input_range"].bounds, source=source))
+    info = ModelInfo(input_range=knobs["input_range"].bounds, task=entry.task, source=source)
+    return set_info(model, info)
