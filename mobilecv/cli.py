@@ -59,7 +59,7 @@ def _parse_option(text: str):
 
 
 def scaling_options(fn):
-    """The knobs every builder shares (DESIGN point 7), as click options."""
+    """The knobs every builder shares (docs/ARCHITECTURE.md, rule 7), as click options."""
     options = [
         click.option("--width", type=float, help="Width multiplier (channels), 0 < w <= 4."),
         click.option("--depth", type=float, help="Depth multiplier (stage repeats), 0 < d <= 4."),
@@ -188,7 +188,7 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
     help="Also the MACs of classifying every window of a SIZE (N or HxW) image: each crop "
     "separately vs one pass of the fully convolutional model.",
 )
-@json_option("the DESIGN.md schema")
+@json_option("the figures (schema: docs/ARCHITECTURE.md, Contracts)")
 @handle_errors
 def profile_cmd(target, keras, top, sliding_window, as_json, **scaling) -> None:
     """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""

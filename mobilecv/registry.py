@@ -1,6 +1,6 @@
 """The one model registry: ``@register_model``, :func:`build`, :func:`list_models`.
 
-Every builder has the same keyword-only signature (DESIGN point 7)::
+Every builder has the same keyword-only signature (docs/ARCHITECTURE.md, rule 7)::
 
     builder(*, width, depth, resolution, classes, include_top, input_channels, keras, **family)
 

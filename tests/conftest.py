@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 
 import mobilecv  # noqa: E402
 
-# Tiny sizes for tests that are generic over the registry (DESIGN point 13).
+# Tiny sizes for tests that are generic over the registry (docs/ARCHITECTURE.md, rule 13).
 TINY = {"width": 0.25, "resolution": 32, "classes": 10}
 
 

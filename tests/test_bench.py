@@ -20,7 +20,7 @@ from mobilecv.commands.bench import bench
 from mobilecv.commands.bench import devices as devices_cmd
 from mobilecv.errors import InputError
 
-DESIGN_KEYS = {
+CONTRACT_KEYS = {
     "model", "device", "threads", "runs", "latency_ms", "init_ms", "first_inference_ms",
     "peak_rss_mb", "model_bytes", "arena_bytes", "estimate", "measured", "fits", "verdict", "reasons",
 }  # fmt: skip
@@ -328,7 +328,7 @@ def test_host_profile_uses_calibration_cache():
 
 def test_int8_fits_mcu_with_real_arena(models):
     r = bench_run(models["int8"], device="stm32f746")
-    assert set(r) >= DESIGN_KEYS
+    assert set(r) >= CONTRACT_KEYS
     assert r["verdict"] == "fits" and r["reasons"] == []
     assert "arena_bytes" in r["measured"] and "latency_ms" not in r["measured"]
     assert r["arena_bytes"] == r["tflm"]["min_arena_bytes"]
@@ -388,7 +388,7 @@ def test_cli_json_fail_if_not_fit_and_report(models, tmp_path):
     r = _invoke(bench, [models["float"], "--device", "stm32h743", "--json"])
     assert r.exit_code == 0
     data = json.loads(r.stdout)
-    assert set(data) >= DESIGN_KEYS and data["verdict"] == "does not fit"
+    assert set(data) >= CONTRACT_KEYS and data["verdict"] == "does not fit"
     r = _invoke(bench, [models["float"], "--device", "stm32h743", "--fail-if-not-fit"])
     assert r.exit_code == 1
     rep = tmp_path / "rep"

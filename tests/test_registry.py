@@ -1,4 +1,4 @@
-"""Generic over the registry, at tiny sizes (DESIGN point 13)."""
+"""Generic over the registry, at tiny sizes (docs/ARCHITECTURE.md, rule 13)."""
 
 import math
 import subprocess

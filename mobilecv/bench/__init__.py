@@ -3,7 +3,7 @@
 `run(path, device=..., threads=...)` measures on the host (in a child process),
 runs the real TensorFlow Lite Micro interpreter for MCU profiles, estimates the
 rest under the device profile, and returns a result dict following the `bench`
-contract in DESIGN.md, with `measured` naming the figures that were measured.
+contract in docs/ARCHITECTURE.md, with `measured` naming the figures that were measured.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def run(
     imported: dict | None = None,
     measure_host: bool = True,
 ) -> dict:
-    """Benchmark one model under one device profile; see DESIGN.md's `bench` contract.
+    """Benchmark one model under one device profile; see the `bench` contract in docs/ARCHITECTURE.md.
 
     On `host` it measures; on other profiles it estimates (and, for MCU profiles, runs
     the real TFLM interpreter for the arena). `imported` is a result measured on the
