@@ -39,7 +39,7 @@ class Classification(Task):
         )
 
     def keras_targets(self, y):
-        return np.asarray(y, dtype=np.int64), None
+        return y, None
 
     def decode(self, outputs):
         return postprocess.classification(outputs["scores"])

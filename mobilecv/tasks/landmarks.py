@@ -101,10 +101,16 @@ class Landmarks(Task):
         )
 
     def keras_targets(self, y):
-        points = np.asarray(y["points"], dtype=np.float32).copy()
-        visible = np.asarray(y.get("visible", np.ones(points.shape[:2])), dtype=bool)
-        points[~visible] = np.nan
-        return {"points": points.reshape(len(points), -1)}, None
+        """Points flattened to (2K,), NaN where a point is not visible (tf ops)."""
+        from mobilecv._tf import tf
+
+        T = tf()
+        points = T.cast(y["points"], T.float32)
+        visible = (
+            T.cast(y["visible"], T.bool) if "visible" in y else T.ones_like(points[..., 0], T.bool)
+        )
+        points = T.where(visible[..., None], points, float("nan"))
+        return {"points": T.reshape(points, T.concat([T.shape(points)[:-2], [-1]], 0))}, None
 
     def decode(self, outputs):
         return postprocess.landmarks(outputs["points"])

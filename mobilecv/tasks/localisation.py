@@ -103,14 +103,28 @@ class Localisation(Task):
         )
 
     def keras_targets(self, y):
-        present = np.asarray(y["present"], dtype=np.float32)
+        """(targets, sample weights) in tf ops (they run inside tf.data): the box and class
+        terms weigh 0 where no object is present."""
+        from mobilecv._tf import tf
+
+        T = tf()
+        present = T.cast(y["present"], T.float32)
+        box = T.cast(y["box"], T.float32)
+        centre = T.stack(
+            [
+                (box[..., 0] + box[..., 2]) / 2,
+                (box[..., 1] + box[..., 3]) / 2,
+                box[..., 3] - box[..., 1],
+                box[..., 2] - box[..., 0],
+            ],
+            axis=-1,
+        )  # fmt: skip  (the course's bx, by, bh, bw)
         targets = {
-            "presence": present[:, None],
-            "box": postprocess.corners_to_centre(y["box"]),
-            "scores": np.asarray(y["class"], dtype=np.int64),
+            "presence": present[..., None],
+            "box": centre,
+            "scores": T.cast(y["class"], T.int64),
         }
-        weights = {"presence": np.ones_like(present), "box": present, "scores": present}
-        return targets, weights
+        return targets, {"presence": T.ones_like(present), "box": present, "scores": present}
 
     def decode(self, outputs):
         return postprocess.localisation(outputs["presence"], outputs["box"], outputs["scores"])
