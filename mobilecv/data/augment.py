@@ -301,6 +301,24 @@ def compose(*steps: Callable) -> Compose:
     return Compose(tuple(steps))
 
 
+def _names(names: str | Sequence[str]) -> list[Augmentation]:
+    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    kinds = []
+    for item in items:
+        try:
+            kinds.append(Augmentation(item))
+        except ValueError:
+            choices = ", ".join(a.value for a in Augmentation)
+            raise InputError(f"unknown augmentation {item!r}; choose from {choices}") from None
+    return kinds
+
+
+def check_names(names: str | Sequence[str] | None) -> None:
+    """Validate augmentation names without building anything (cheap, before TensorFlow)."""
+    if names:
+        _names(names)
+
+
 def from_names(
     names: str | Sequence[str] | None,
     train_images: np.ndarray | None = None,
@@ -313,14 +331,8 @@ def from_names(
     """
     if not names:
         return None
-    items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
     steps: list[Callable] = []
-    for item in items:
-        try:
-            kind = Augmentation(item)
-        except ValueError:
-            choices = ", ".join(a.value for a in Augmentation)
-            raise InputError(f"unknown augmentation {item!r}; choose from {choices}") from None
+    for kind in _names(names):
         if kind is Augmentation.MIRROR:
             steps.append(
                 Mirror(point_permutation=tuple(point_permutation) if point_permutation else None)

@@ -29,6 +29,8 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     agreement_metric: ClassVar[str]  # the converter's headline float-vs-converted figure
     test_time: ClassVar[frozenset[str]] = frozenset()  # "multi_crop", "ensemble"
+    # How a horizontal mirror reorders labelled points (None: no points, or no reordering).
+    mirror_permutation: ClassVar[tuple[int, ...] | None] = None
 
     # ------------------------------------------------------------------ model
     def head(self, K, features: Mapping[str, Any], *, classes: int, **options) -> dict:
