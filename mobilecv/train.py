@@ -284,14 +284,18 @@ def load_split(
     limit: int | None = None,
     classes: Sequence[int] = (),
     task=None,
+    scenes: dict | None = None,
 ) -> ArrayData:
     """One split, optionally of some classes only; `limit` counts the selected images.
 
-    A task other than classification loads its own labels (`Task.load`)."""
+    A task other than classification loads its own labels (`Task.load`; `scenes`
+    overrides its scene config)."""
     if task is not None and task.name != "classification":
         if classes:
             raise InputError(f"selecting classes applies to classification, not {task.name}")
-        return task.load(os.fspath(data), Split(split).value, limit=limit)
+        return task.load(os.fspath(data), Split(split).value, limit=limit, scenes=scenes)
+    if scenes:
+        raise InputError("scene options apply to tasks trained on scenes, not classification")
     if not classes:
         return load_arrays(data, split, limit=limit)
     chosen = select_classes(load_arrays(data, split), classes)
@@ -306,14 +310,15 @@ def load_splits(
     val_limit: int | None = None,
     classes: Sequence[int] = (),
     task=None,
+    scenes: dict | None = None,
 ) -> Splits:
     """Train and held-out validation arrays (never the test split)."""
     if isinstance(data, Splits):
         return data
     val_limit = val_limit if val_limit is not None else limit
     return Splits(
-        load_split(data, Split.TRAIN, limit, classes, task),
-        load_split(data, Split.VALIDATION, val_limit, classes, task),
+        load_split(data, Split.TRAIN, limit, classes, task, scenes),
+        load_split(data, Split.VALIDATION, val_limit, classes, task, scenes),
         tuple(classes),
     )
 

@@ -64,6 +64,40 @@ class Task:
         """How closely a converted model's outputs follow the float model's."""
         raise NotImplementedError
 
+    def paint(self, ax, decoded: Mapping[str, np.ndarray], y, i: int, size: float) -> None:
+        """Draw sample ``i``'s prediction (red) and label (green) on ``ax`` (pixels of a
+        ``size``-pixel image). Tasks without a picture leave it empty."""
+
+    def draw(self, data, outputs: Mapping[str, np.ndarray], path, title: str = "", count: int = 12):
+        """A grid of the first ``count`` samples of ``data`` with predictions and labels,
+        saved as a PNG (atomically); the title carries the data's provenance."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from mobilecv.fileio import atomic_path
+
+        decoded = self.decode(outputs)
+        n = min(count, len(data))
+        cols = min(n, 6)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+        for i, ax in enumerate(axes.ravel()):
+            ax.axis("off")
+            if i >= n:
+                continue
+            image = data.x[i]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+            self.paint(ax, decoded, data.y, i, float(image.shape[1]))
+        heading = "; ".join(t for t in (title, data.provenance[:110]) if t)
+        fig.suptitle(f"{heading}\nred: prediction, green: label", fontsize=8)
+        fig.tight_layout()
+        with atomic_path(path, force=True) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        return path
+
     def describe(self) -> dict[str, Any]:
         return {
             "task": self.name,

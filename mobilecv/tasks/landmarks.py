@@ -115,6 +115,17 @@ class Landmarks(Task):
     def decode(self, outputs):
         return postprocess.landmarks(outputs["points"])
 
+    def paint(self, ax, decoded, y, i: int, size: float) -> None:
+        for points, colour, marker in (
+            (y["points"][i], "lime", "x"),
+            (decoded["points"][i], "red", "o"),
+        ):
+            xy = np.asarray(points) * size
+            ax.scatter(xy[:, 0], xy[:, 1], c=colour, marker=marker, s=14)
+            if len(xy) >= 4:  # the quadrilateral of the first four points
+                ring = np.vstack([xy[:4], xy[:1]])
+                ax.plot(ring[:, 0], ring[:, 1], c=colour, lw=0.8)
+
     def score(self, outputs, y) -> dict[str, float]:
         predicted = self.decode(outputs)["points"]
         size = np.sqrt(postprocess.box_area(np.asarray(y["box"])))

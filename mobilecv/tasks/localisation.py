@@ -129,6 +129,22 @@ class Localisation(Task):
     def decode(self, outputs):
         return postprocess.localisation(outputs["presence"], outputs["box"], outputs["scores"])
 
+    def paint(self, ax, decoded, y, i: int, size: float) -> None:
+        from matplotlib.patches import Rectangle
+
+        def box(corners, colour, style):
+            x0, y0, x1, y1 = np.asarray(corners) * size
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, ls=style, lw=1.5)
+            )
+
+        if y["present"][i] > 0.5:
+            box(y["box"][i], "lime", "-")
+        if decoded["present"][i]:
+            box(decoded["box"][i], "red", "--")
+        label = f"Pc {decoded['presence'][i]:.2f}, class {decoded['class'][i]}"
+        ax.set_title(label, fontsize=7)
+
     def score(self, outputs, y) -> dict[str, float]:
         pred = self.decode(outputs)
         present = np.asarray(y["present"]) > 0.5
