@@ -119,10 +119,12 @@ def list_cmd(pattern: str, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'name':<22} {'family':<13} {'resolution':>10} {'params':>13} {'MACs':>16}")
+    click.echo(
+        f"{'name':<22} {'family':<13} {'task':<15} {'resolution':>10} {'params':>13} {'MACs':>16}"
+    )
     for r in rows:
         click.echo(
-            f"{r['name']:<22} {r['family']:<13} {r['resolution']:>10} "
+            f"{r['name']:<22} {r['family']:<13} {r['task']:<15} {r['resolution']:>10} "
             f"{r['params']:>13,} {r['macs']:>16,}"
         )
 
