@@ -268,7 +268,8 @@ def _samples(
         check = _random_rows(holdout, shapes[0], input_range) if len(shapes) == 1 else None
         return None, check, "random"
     if len(shapes[0]) == 3:
-        rows = load_samples(calibration, count + holdout, shapes[0], input_range)
+        source = _task_images(calibration, model, count + holdout)
+        rows = load_samples(source, count + holdout, shapes[0], input_range)
     elif isinstance(calibration, np.ndarray) and calibration.shape[1:] == shapes[0]:
         # A non-image input (a dense layer's vector): rows already shaped like it.
         rows = calibration[: count + holdout].astype(np.float32)
@@ -284,6 +285,17 @@ def _samples(
         f"only {len(rows)} samples available: no held-out rows left, verified on calibration samples"
     )
     return calib, rows[:holdout], "calibration"
+
+
+def _task_images(calibration, model, count: int):
+    """A data source named for a task beyond classification ("scenes") is read by the
+    model's task, which owns its representative data; anything else goes to the loaders."""
+    from mobilecv.train import task_of
+
+    task = task_of(model)
+    if not isinstance(calibration, str) or task.name == "classification":
+        return calibration
+    return task.load(calibration, "train", limit=count).x
 
 
 def _random_rows(n: int, shape, input_range: tuple[float, float]) -> np.ndarray:

@@ -116,12 +116,31 @@ DECODERS = {
     "localisation": localisation,
     "landmarks": landmarks,
 }
+# Each task's model outputs, by name (the Keras output names, kept in the .tflite's
+# signature); mobilecv.tasks uses these names too.
+TASK_OUTPUTS = {
+    "classification": ("scores",),
+    "localisation": ("presence", "box", "scores"),
+    "landmarks": ("points",),
+}
 
 
 def decode(task: str, outputs: dict[str, np.ndarray], **options) -> dict[str, np.ndarray]:
-    """Decode a model's named outputs for ``task`` (the name stored in its metadata)."""
+    """Decode a model's named outputs for ``task`` (the name stored in its metadata). A
+    task with one output takes a model's single output whatever its name (a classifier's
+    is "predictions")."""
     if task not in DECODERS:
         raise ValueError(
             f"no numpy post-processing for task {task!r}; known: {', '.join(DECODERS)}"
         )
-    return DECODERS[task](**outputs, **options)
+    names = TASK_OUTPUTS[task]
+    if len(names) == 1 and len(outputs) == 1:
+        values = {names[0]: next(iter(outputs.values()))}
+    else:
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise ValueError(
+                f"{task} needs outputs {', '.join(names)}; the model has {', '.join(outputs)}"
+            )
+        values = {n: outputs[n] for n in names}
+    return DECODERS[task](**values, **options)

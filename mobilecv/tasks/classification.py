@@ -17,7 +17,7 @@ from mobilecv.tasks.base import Task, deepest, register_task
 @register_task
 class Classification(Task):
     name = "classification"
-    outputs = ("scores",)
+    outputs = postprocess.TASK_OUTPUTS["classification"]
     primary_metric = "accuracy"
     agreement_metric = "top1_agreement"
     test_time = frozenset({"multi_crop", "ensemble"})

@@ -62,7 +62,7 @@ def masked_squared_error(K):
 @register_task
 class Landmarks(Task):
     name = "landmarks"
-    outputs = ("points",)
+    outputs = postprocess.TASK_OUTPUTS["landmarks"]
     primary_metric = "nme"
     higher_is_better = False
     agreement_metric = "point_error"

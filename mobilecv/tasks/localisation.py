@@ -45,7 +45,7 @@ def default_scenes():
 @register_task
 class Localisation(Task):
     name = "localisation"
-    outputs = ("presence", "box", "scores")
+    outputs = postprocess.TASK_OUTPUTS["localisation"]
     primary_metric = "iou50"  # share of present objects whose box has IoU >= 0.5
     agreement_metric = "box_iou"
     loss_weights = {"presence": 1.0, "box": 5.0, "scores": 1.0}
