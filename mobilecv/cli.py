@@ -78,6 +78,10 @@ def scaling_options(fn):
         click.option("--dropout", type=float, help="Dropout before the classifier."),
         click.option("--no-top", is_flag=True, help="Drop the classifier head."),
         click.option(
+            "--backbone",
+            help="Backbone of a task model (localizer, landmarker): any registered network.",
+        ),
+        click.option(
             "--option",
             "-O",
             "extra",
