@@ -94,6 +94,9 @@ class Verification:
     # The class outputs vary less than the conversion's mean error (an untrained model's
     # softmax of near-equal logits): top-1 says nothing there, the output error does.
     near_constant_output: bool = False
+    # The model's task's figures (top1_agreement; box_iou for localisation; point_error
+    # for landmarks): what the converted model's decoded outputs share with the float's.
+    agreement: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +108,7 @@ class Verification:
             "top1_agreement": self.top1_agreement,
             "output_spread": self.output_spread,
             "near_constant_output": self.near_constant_output,
+            "agreement": self.agreement,
         }
 
 
@@ -264,7 +268,8 @@ def _samples(
         check = _random_rows(holdout, shapes[0], input_range) if len(shapes) == 1 else None
         return None, check, "random"
     if len(shapes[0]) == 3:
-        rows = load_samples(calibration, count + holdout, shapes[0], input_range)
+        source = _task_images(calibration, model, count + holdout)
+        rows = load_samples(source, count + holdout, shapes[0], input_range)
     elif isinstance(calibration, np.ndarray) and calibration.shape[1:] == shapes[0]:
         # A non-image input (a dense layer's vector): rows already shaped like it.
         rows = calibration[: count + holdout].astype(np.float32)
@@ -280,6 +285,17 @@ def _samples(
         f"only {len(rows)} samples available: no held-out rows left, verified on calibration samples"
     )
     return calib, rows[:holdout], "calibration"
+
+
+def _task_images(calibration, model, count: int):
+    """A data source named for a task beyond classification ("scenes") is read by the
+    model's task, which owns its representative data; anything else goes to the loaders."""
+    from mobilecv.train import task_of
+
+    task = task_of(model)
+    if not isinstance(calibration, str) or task.name == "classification":
+        return calibration
+    return task.load(calibration, "train", limit=count).x
 
 
 def _random_rows(n: int, shape, input_range: tuple[float, float]) -> np.ndarray:
@@ -643,35 +659,57 @@ def _verification_inputs(model, check: np.ndarray | None) -> list[np.ndarray]:
 
 def _verify(data: bytes, model, check: np.ndarray | None, data_kind: str, resolver: str, litert):
     """Keras (here, on the caller's model) against LiteRT (`litert`, in the worker process:
-    LiteRT has crashed with SIGSEGV on a model with NaN quantisation scales)."""
+    LiteRT has crashed with SIGSEGV on a model with NaN quantisation scales), compared by
+    the output error and by the agreement figure of the model's task."""
     inputs = _verification_inputs(model, check)
-    reference = _keras_outputs(model, inputs)
+    names, reference = _keras_outputs(model, inputs)
     outputs = litert(data, inputs, resolver)
-    # Map interpreter outputs to Keras outputs by shape order (names differ per route).
     got = [None] * len(reference)
-    for k, out in zip(
-        _match_outputs([o.shape[1:] for o in outputs], reference), outputs, strict=True
-    ):
+    for k, out in zip(_match_outputs(data, outputs, names, reference), outputs, strict=True):
         got[k] = out.reshape(reference[k].shape)
     errors = np.concatenate([np.abs(g - r).ravel() for g, r in zip(got, reference, strict=True)])
-    top1 = spread = None
-    near_constant = False
-    if reference[0].ndim == 2 and reference[0].shape[1] > 1:
-        spread = float(np.ptp(reference[0]))
-        # All the variation top-1 would rank is within the conversion's error.
-        near_constant = spread <= float(np.abs(got[0] - reference[0]).mean())
-        if not near_constant:
-            top1 = float(np.mean(np.argmax(got[0], 1) == np.argmax(reference[0], 1)))
+    agreement, spread, near_constant = _task_agreement(model, names, reference, got)
     return Verification(
         runtime="default" if resolver == DEFAULT_RUNTIME else "no-default-delegates",
         samples=len(inputs[0]),
         data=data_kind,
         max_abs_error=float(errors.max()) if errors.size else 0.0,
         mean_abs_error=float(errors.mean()) if errors.size else 0.0,
-        top1_agreement=top1,
+        top1_agreement=agreement.get("top1_agreement"),
         output_spread=spread,
         near_constant_output=near_constant,
+        agreement=agreement,
     )
+
+
+def _task_agreement(model, names, reference, got) -> tuple[dict[str, float], float | None, bool]:
+    """(the task's agreement figures, output spread, near-constant?). A classifier whose
+    class outputs vary less than the conversion's mean error (an untrained model's softmax
+    of near-equal logits) gets no top-1 figure: it would mean nothing."""
+    from mobilecv.tasks.base import as_outputs
+    from mobilecv.train import task_of
+
+    task = task_of(model)
+    try:
+        ref = as_outputs(
+            dict(zip(names, reference, strict=True)) if names else reference, task.outputs
+        )
+        out = as_outputs(dict(zip(names, got, strict=True)) if names else got, task.outputs)
+    except InputError:  # outputs that are not the task's (a backbone, a custom model)
+        return {}, None, False
+    if task.name != "classification":
+        return task.agreement(ref, out), None, False
+    scores = ref["scores"]
+    classes = scores.shape[-1]
+    if scores.ndim < 2 or classes < 2:
+        return {}, None, False
+    # A grid of class vectors (a fully convolutional classifier) is scored cell by cell.
+    flat_ref = {"scores": scores.reshape(-1, classes)}
+    flat_out = {"scores": out["scores"].reshape(-1, classes)}
+    spread = float(np.ptp(scores))
+    if spread <= float(np.abs(out["scores"] - scores).mean()):
+        return {}, spread, True
+    return task.agreement(flat_ref, flat_out), spread, False
 
 
 def _verification_notes(v: Verification | None) -> list[str]:
@@ -713,28 +751,37 @@ def run_in_litert(data: bytes, inputs: list[np.ndarray], resolver: str) -> list[
     return [np.concatenate(parts) for parts in zip(*rows, strict=True)]
 
 
-def _keras_outputs(model, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    outs = []
+def _keras_outputs(model, inputs: list[np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+    """(output names, or [] when the model's outputs are not a dict; float outputs)."""
+    outs, names = [], []
     for start in range(0, len(inputs[0]), 32):
         batch = [x[start : start + 32] for x in inputs]
         y = model(batch if len(batch) > 1 else batch[0], training=False)
-        ys = (
-            list(y.values())
-            if isinstance(y, dict)
-            else (list(y) if isinstance(y, list | tuple) else [y])
-        )
+        if isinstance(y, dict):
+            names = list(y)
+            ys = list(y.values())
+        else:
+            ys = list(y) if isinstance(y, list | tuple) else [y]
         outs.append([np.asarray(v, dtype=np.float32) for v in ys])
-    return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+    return names, [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
 
-def _match_outputs(shapes, reference) -> list[int]:
-    """For each interpreter output shape (no batch axis), the index of its Keras output."""
-    if len(shapes) == 1:
+def _match_outputs(data: bytes, outputs, names: list[str], reference) -> list[int]:
+    """For each interpreter output, the index of its Keras output: by the signature's
+    output names where the model's outputs are named (a localiser's box and its 4 class
+    scores have the same shape), else by shape."""
+    from mobilecv.tflite_graph import parse
+
+    if len(outputs) == 1:
         return [0]
+    litert_names = parse(data).output_names
+    if names and sorted(litert_names) == sorted(names):
+        return [names.index(n) for n in litert_names]
     remaining = list(range(len(reference)))
     order = []
-    for shape in shapes:
-        k = next((r for r in remaining if reference[r].shape[1:] == tuple(shape)), remaining[0])
+    for out in outputs:
+        shape = tuple(out.shape[1:])
+        k = next((r for r in remaining if reference[r].shape[1:] == shape), remaining[0])
         remaining.remove(k)
         order.append(k)
     return order

@@ -78,6 +78,10 @@ def scaling_options(fn):
         click.option("--dropout", type=float, help="Dropout before the classifier."),
         click.option("--no-top", is_flag=True, help="Drop the classifier head."),
         click.option(
+            "--backbone",
+            help="Backbone of a task model (localizer, landmarker): any registered network.",
+        ),
+        click.option(
             "--option",
             "-O",
             "extra",
@@ -119,10 +123,12 @@ def list_cmd(pattern: str, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
-    click.echo(f"{'name':<22} {'family':<13} {'resolution':>10} {'params':>13} {'MACs':>16}")
+    click.echo(
+        f"{'name':<22} {'family':<13} {'task':<15} {'resolution':>10} {'params':>13} {'MACs':>16}"
+    )
     for r in rows:
         click.echo(
-            f"{r['name']:<22} {r['family']:<13} {r['resolution']:>10} "
+            f"{r['name']:<22} {r['family']:<13} {r['task']:<15} {r['resolution']:>10} "
             f"{r['params']:>13,} {r['macs']:>16,}"
         )
 

@@ -38,25 +38,47 @@ class TfliteModel:
         with silenced_stderr():
             self.interpreter = Interpreter(num_threads=threads, **kwargs)
             self.interpreter.allocate_tensors()
+        from mobilecv.tflite_graph import load
+
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+        self.output = self.outputs[0]
         self.info = read_info(model) or ModelInfo()
+        # Output names from the file's signature (the Keras output names), in output order.
+        self.output_names = load(model).output_names
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.input["shape"])
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """The first (for a classifier, the only) output, float, one row per input."""
+        return self.predict_all(x)[0]
+
+    def predict_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output, float, in the interpreter's output order."""
         from mobilecv.converters.tflite import dequantize, quantize_input
 
-        out = []
+        rows = []
         for i in range(len(x)):
             self.interpreter.set_tensor(
                 self.input["index"], quantize_input(x[i : i + 1], self.input)
             )
             self.interpreter.invoke()
-            out.append(dequantize(self.interpreter.get_tensor(self.output["index"]), self.output))
-        return np.concatenate(out)
+            rows.append(
+                [dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+            )
+        return [np.concatenate(parts) for parts in zip(*rows, strict=True)]
+
+    def predict_outputs(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Outputs by the task's output ``names`` (matched through the signature's names;
+        a single output is the task's single output)."""
+        from mobilecv.tasks.base import as_outputs
+
+        values = self.predict_all(x)
+        if self.output_names and len(values) > 1:
+            return as_outputs(dict(zip(self.output_names, values, strict=True)), tuple(names))
+        return as_outputs(values, tuple(names))
 
 
 def stem_input_levels(model: bytes, x: np.ndarray) -> int:

@@ -398,3 +398,25 @@ def edge_filter(
         kernel_initializer=init,
         name=name or f"edge_{kind.value}",
     )
+
+
+def pooled_grid_features(
+    K: ModuleType,
+    x,
+    prefix: str,
+    reduce: int = 64,
+    grid: int = 3,
+    hidden: int = 128,
+    dropout: float = 0.2,
+):
+    """Where-aware features for regression heads (boxes, points): a 1x1 conv to ``reduce``
+    channels, average-pooled to a fixed ``grid`` x ``grid`` (so the parameter count does not
+    depend on resolution), flattened into a ReLU Dense of ``hidden`` units. Global pooling
+    would throw away the position the head has to regress."""
+    x = K.layers.Conv2D(reduce, 1, activation="relu", name=f"{prefix}_reduce")(x)
+    x = adaptive_avg_pool(K, x, grid, 2, f"{prefix}_grid")
+    x = K.layers.Flatten(name=f"{prefix}_flatten")(x)
+    x = K.layers.Dense(hidden, activation="relu", name=f"{prefix}_hidden")(x)
+    if dropout > 0:
+        x = K.layers.Dropout(dropout, name=f"{prefix}_dropout")(x)
+    return x

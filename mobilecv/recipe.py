@@ -50,6 +50,16 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """The problem the recipe solves. `name` null: the model's registered task (a recipe
+    that names one checks that the model gives it); `scenes` overrides the task's scene
+    config (mobilecv.data.scenes.SceneConfig fields) when `data.dataset` is "scenes"."""
+
+    name: str | None = None
+    scenes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PretrainSpec:
     """A first stage training the same network on other classes, whose trunk the model
     then starts from (moved by layer name; the head is new). Off while epochs is 0."""
@@ -119,6 +129,7 @@ class Recipe:
     description: str = ""
     seed: int = 0
     model: ModelSpec = field(default_factory=ModelSpec)
+    task: TaskSpec = field(default_factory=TaskSpec)
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainSpec = field(default_factory=TrainSpec)

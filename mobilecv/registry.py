@@ -48,6 +48,7 @@ class ModelEntry:
     min_resolution: int
     defaults: dict = field(default_factory=dict)
     supports: frozenset = frozenset(COMMON_KNOBS)
+    task: str = "classification"
 
     def options(self) -> set[str]:
         """Family-specific keyword options the builder accepts."""
@@ -66,9 +67,11 @@ def register_model(
     min_resolution: int = 32,
     defaults: dict | None = None,
     unsupported: tuple[str, ...] = (),
+    task: str = "classification",
 ):
     """Decorator registering ``builder`` under ``name``; ``defaults`` pre-fill knobs
-    (e.g. one EfficientNet row). ``unsupported`` lists common knobs the family rejects."""
+    (e.g. one EfficientNet row). ``unsupported`` lists common knobs the family rejects;
+    ``task`` names the registered task (mobilecv.tasks) whose outputs the model gives."""
 
     def decorator(builder):
         if name in _REGISTRY:
@@ -81,6 +84,7 @@ def register_model(
             min_resolution=min_resolution,
             defaults=dict(defaults or {}),
             supports=frozenset(COMMON_KNOBS) - set(unsupported),
+            task=task,
         )
         return builder
 
@@ -89,6 +93,9 @@ def register_model(
 
 def _ensure_loaded() -> None:
     import mobilecv.models  # noqa: F401  (registers every family)
+    import mobilecv.tasks.base
+
+    mobilecv.tasks.base.list_tasks()  # task files register their models (localizer, ...)
 
 
 def get(name: str) -> ModelEntry:
@@ -196,4 +203,5 @@ def build(
 
         load_weights(model, weights)
     source = {"model": name, **knobs, **({"weights": str(weights)} if weights else {})}
-    return set_info(model, ModelInfo(input_range=knobs["input_range"].bounds, source=source))
+    info = ModelInfo(input_range=knobs["input_range"].bounds, task=entry.task, source=source)
+    return set_info(model, info)

@@ -58,6 +58,109 @@ def _transfer_section(out: Path) -> list[str]:
     return lines
 
 
+# Figures of a metrics row that are counts, not scores.
+_COUNTS = ("present_objects", "samples")
+
+
+def _figure(name: str, value) -> str:
+    """A score as a percentage, except errors (NME, point error), which are fractions."""
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if name in ("nme", "point_error") else _pct(value)
+
+
+def _training_section(out: Path) -> list[str]:
+    train = _read(out, "train.json")
+    if not train:
+        return []
+    figures = (
+        ", ".join(
+            f"{k} {_figure(k, v)}"
+            for k, v in (train.get("val_metrics") or {}).items()
+            if k not in _COUNTS
+        )
+        or f"accuracy {_pct(train.get('val_accuracy'))}"
+    )
+    source = f" ({train['provenance']})" if train.get("provenance") else ""
+    return [
+        "## Training",
+        "",
+        f"{train['epochs']} epochs on {train['train_samples']:,} training images{source}, "
+        f"held-out validation on {train['val_samples']:,} images carved from the training "
+        f"split: {figures}; {train['seconds']:.0f} s.",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+    ]
+
+
+def _evaluation_section(out: Path) -> list[str]:
+    evaluation = _read(out, "evaluate.json")
+    if not evaluation:
+        return []
+    convert = _read(out, "convert.json") or {}
+    task = evaluation.get("task", "classification")
+    metric = evaluation.get("primary_metric", "accuracy")
+    rows = evaluation["metrics"]
+    others = [k for k in rows[0] if k not in ("model", "bytes", metric, *_COUNTS)]
+    source = f" ({evaluation['provenance']})" if evaluation.get("provenance") else ""
+    lines = [
+        "## Test metrics and size",
+        "",
+        f"Task {task}: {metric} on {evaluation['test_samples']:,} images of the test "
+        f"split{source}, never used for training, calibration or tuning. Agreement is the "
+        "converter's check of the .tflite against the Keras model on held-out inputs, in "
+        "LiteRT, by the task's figure.",
+        "",
+        f"| model | {metric} | vs float | "
+        + "".join(f"{k} | " for k in others)
+        + "size | agreement with Keras | file |",
+        "|---|---:|---:|" + "---:|" * len(others) + "---:|---:|---|",
+    ]
+    base = rows[0][metric]
+    for row in rows:
+        mode = row["model"].replace("tflite ", "")
+        agreement = ((convert.get(mode) or {}).get("verification") or {}).get("agreement") or {}
+        agreed = ", ".join(f"{k} {_figure(k, v)}" for k, v in agreement.items()) or "—"
+        file = f"[model_{mode}.tflite](model_{mode}.tflite)" if row["bytes"] else "model (Keras)"
+        delta = row[metric] - base
+        shown = f"{delta:+.4f}" if metric == "nme" else f"{100 * delta:+.2f} pt"
+        lines.append(
+            f"| {row['model']} | {_figure(metric, row[metric])} | {shown} | "
+            + "".join(f"{_figure(k, row.get(k))} | " for k in others)
+            + f"{_kib(row['bytes'])} | {agreed} | {file} |"
+        )
+    lines.append("")
+    if (out / "predictions.png").exists():
+        lines += ["![predictions on test scenes](predictions.png)", ""]
+    lines += _test_time_lines(evaluation)
+    notes = [n for conv in convert.values() for n in conv.get("notes", [])]
+    if notes:
+        lines += ["Converter notes:", "", *[f"- {n}" for n in notes], ""]
+    return lines
+
+
+def _test_time_lines(evaluation: dict) -> list[str]:
+    if not evaluation.get("test_time"):
+        return []
+    representation = evaluation.get("test_time_model", "tflite")
+    lines = [
+        f"### Test-time techniques ({representation})",
+        "",
+        f"Every model here runs as {representation}: ensemble members are converted "
+        "with the main model's mode and settings.",
+        "",
+        "| technique | top-1 | ms per image | cost vs single crop |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in evaluation["test_time"]:
+        lines.append(
+            f"| {row['technique']} | {_pct(row['accuracy'])} | {row['ms_per_image']:.3f} | "
+            f"{row['cost_vs_single']:.1f}x |"
+        )
+    return [*lines, ""]
+
+
 def write_report(out: Path, recipe: Recipe, state: dict) -> Path:
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
@@ -66,74 +169,17 @@ def write_report(out: Path, recipe: Recipe, state: dict) -> Path:
     lines += [
         f"Model `{m.name}` (width {m.width or 'default'}, depth {m.depth or 'default'}, "
         f"resolution {m.resolution or 'default'}, {m.input_channels or 3} input channel(s), "
-        f"{m.classes or 1000} classes), data `{recipe.data.dataset}`. "
+        f"{m.classes or 'default'} classes), data `{recipe.data.dataset}`. "
         "The resolved recipe is [recipe.resolved.yaml](recipe.resolved.yaml); "
         "rerunning `mobilecv run recipe.resolved.yaml -o THIS_FOLDER` redoes only what changed.",
         "",
     ]
     lines += _transfer_section(out)
-    train = _read(out, "train.json")
-    if train:
-        lines += [
-            "## Training",
-            "",
-            f"{train['epochs']} epochs on {train['train_samples']:,} training images, "
-            f"held-out validation on {train['val_samples']:,} images carved from the training "
-            f"split: accuracy {_pct(train.get('val_accuracy'))}; {train['seconds']:.0f} s.",
-            "",
-            "![training curves](training_curves.png)",
-            "",
-        ]
+    lines += _training_section(out)
     compress = _read(out, "compress.json")
     if compress:
         lines += ["## Compression", "", "```json", json.dumps(compress, indent=1)[:4000], "```", ""]
-    evaluation = _read(out, "evaluate.json")
-    convert = _read(out, "convert.json") or {}
-    if evaluation:
-        float_acc = evaluation["accuracy"][0]["accuracy"]
-        lines += [
-            "## Accuracy and size",
-            "",
-            f"Top-1 on {evaluation['test_samples']:,} images of the test split (never used for "
-            "training, calibration or tuning). Agreement is top-1 agreement with the Keras "
-            "model on held-out inputs, measured by the converter in LiteRT.",
-            "",
-            "| model | top-1 | vs float | size | agreement with Keras | file |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        for row in evaluation["accuracy"]:
-            mode = row["model"].replace("tflite ", "")
-            conv = convert.get(mode, {})
-            verification = conv.get("verification") or {}
-            file = (
-                f"[model_{mode}.tflite](model_{mode}.tflite)" if row["bytes"] else "model (Keras)"
-            )
-            lines.append(
-                f"| {row['model']} | {_pct(row['accuracy'])} | "
-                f"{100 * (row['accuracy'] - float_acc):+.2f} pt | {_kib(row['bytes'])} | "
-                f"{_pct(verification.get('top1_agreement'))} | {file} |"
-            )
-        lines.append("")
-        if evaluation.get("test_time"):
-            representation = evaluation.get("test_time_model", "tflite")
-            lines += [
-                f"### Test-time techniques ({representation})",
-                "",
-                f"Every model here runs as {representation}: ensemble members are converted "
-                "with the main model's mode and settings.",
-                "",
-                "| technique | top-1 | ms per image | cost vs single crop |",
-                "|---|---:|---:|---:|",
-            ]
-            for row in evaluation["test_time"]:
-                lines.append(
-                    f"| {row['technique']} | {_pct(row['accuracy'])} | {row['ms_per_image']:.3f} | "
-                    f"{row['cost_vs_single']:.1f}x |"
-                )
-            lines.append("")
-        notes = [n for conv in convert.values() for n in conv.get("notes", [])]
-        if notes:
-            lines += ["Converter notes:", "", *[f"- {n}" for n in notes], ""]
+    lines += _evaluation_section(out)
     c_files = sorted(p.name for p in out.glob("model_*.cc"))
     if c_files:
         lines += [

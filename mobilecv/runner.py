@@ -290,29 +290,41 @@ def _train_splits(recipe: Recipe):
     from mobilecv.train import load_splits
 
     data = recipe.data
-    return load_splits(data.dataset, limit=data.limit, classes=data.classes)
+    return load_splits(
+        data.dataset,
+        limit=data.limit,
+        classes=data.classes,
+        task=recipe_task(recipe),
+        scenes=recipe.task.scenes or None,
+    )
 
 
 def _calibration(recipe: Recipe):
-    """The dataset name, or the train images of the selected classes."""
-    if not recipe.data.classes:
+    """The dataset name, or the train images (of the selected classes, or the task's)."""
+    if not recipe.data.classes and recipe_task(recipe).name == "classification":
         return recipe.data.dataset
     return _train_splits(recipe).train.x
 
 
-def _plot_history(history: dict, path: Path) -> None:
+def _primary(task_name: str) -> str:
+    from mobilecv.tasks import get_task
+
+    return get_task(task_name).primary_metric
+
+
+def _plot_history(history: dict, path: Path, metric: str = "accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, label in ((metric, "train"), (f"val_{metric}", "held-out")):
+    for ax, name in zip(axes, ("loss", metric), strict=True):
+        for key, label in ((name, "train"), (f"val_{name}", "held-out")):
             if history.get(key):
                 ax.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
         ax.set_xlabel("epoch")
-        ax.set_title(metric)
+        ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -322,26 +334,46 @@ def _plot_history(history: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _test_arrays(recipe: Recipe, model) -> tuple[np.ndarray, np.ndarray]:
-    """The test split (of the selected classes) as `model` takes it: its size, channels
-    and declared input range."""
+def _test_split(recipe: Recipe):
+    """The test split (of the selected classes; the task's labels), never used for anything
+    but this evaluation."""
     from mobilecv.data import Split
-    from mobilecv.data.datasets import model_inputs
     from mobilecv.train import load_split
 
-    data = load_split(
-        recipe.data.dataset, Split.TEST, recipe.evaluate.test_samples, recipe.data.classes
+    return load_split(
+        recipe.data.dataset,
+        Split.TEST,
+        recipe.evaluate.test_samples,
+        recipe.data.classes,
+        task=recipe_task(recipe),
+        scenes=recipe.task.scenes or None,
     )
+
+
+def _test_arrays(recipe: Recipe, model) -> tuple[np.ndarray, np.ndarray]:
+    """The test split as `model` takes it: its size, channels and declared input range."""
+    from mobilecv.data.datasets import model_inputs
+
+    data = _test_split(recipe)
     return model_inputs(data.x, model), np.asarray(data.y)
 
 
 def _keras_top1(model, x: np.ndarray, y: np.ndarray) -> float:
     from mobilecv.evaluate import top1
 
-    probs = np.concatenate(
-        [np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)]
-    )
-    return top1(probs, y)
+    return top1(_keras_outputs(model, x)["scores"], y)
+
+
+def _keras_outputs(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's outputs on `x` (batches of 256), by its task's output names."""
+    from mobilecv.tasks.base import as_outputs
+    from mobilecv.train import task_of
+
+    names = task_of(model).outputs
+    parts = [
+        as_outputs(model(x[i : i + 256], training=False), names) for i in range(0, len(x), 256)
+    ]
+    return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
 
 def _load(path: Path):
@@ -460,7 +492,7 @@ def _build_step(p: Pipeline, transfer: bool) -> None:
 def _train_step(p: Pipeline) -> None:
     """Train the model (and any ensemble members) inside the run's strategy."""
     recipe = p.recipe
-    config = [p.cfg["data"], p.cfg["train"], len(p.members), recipe.seed]
+    config = [p.cfg["data"], p.cfg["task"], p.cfg["train"], len(p.members), recipe.seed]
     inputs = [p.current]
     if p.cluster.multi_worker and p.cluster.is_chief:
         p.in_training = True
@@ -498,8 +530,8 @@ def _train_members(p: Pipeline) -> tuple[list[str], dict]:
         if k == 0:
             summary = {**report.to_dict(), "weights_sha256": digest}
             write_json(p.out / "train.json", summary, force=True)
-            _plot_history(report.history, p.out / "training_curves.png")
-    keys = ("val_accuracy", "seconds", "epochs", "train_samples", "weights_sha256")
+            _plot_history(report.history, p.out / "training_curves.png", _primary(report.task))
+    keys = ("val_accuracy", "val_metrics", "seconds", "epochs", "train_samples", "weights_sha256")
     outputs = [m.name for m in p.members] + ["train.json", "training_curves.png"]
     return outputs, {k: summary.get(k) for k in keys}
 
@@ -564,7 +596,8 @@ def _compress_step(p: Pipeline) -> None:
         files = [str(Path(f).relative_to(p.out)) for f in written.values()]
         return [*files, "compress.json"], summary
 
-    p.run.step("compress", [p.cfg["data"], p.cfg["compress"]], [current], compress_step)
+    config = [p.cfg["data"], p.cfg["task"], p.cfg["compress"]]
+    p.run.step("compress", config, [current], compress_step)
     p.current = compressed
 
 
@@ -586,7 +619,8 @@ def _convert_step(p: Pipeline) -> None:
         write_json(p.out / "convert.json", rows, force=True)
         return outputs + ["convert.json"], rows
 
-    p.run.step("convert", [p.cfg["data"], p.cfg["convert"]], [current], convert_step)
+    config = [p.cfg["data"], p.cfg["task"], p.cfg["convert"]]
+    p.run.step("convert", config, [current], convert_step)
 
 
 def _evaluate_step(p: Pipeline) -> None:
@@ -594,17 +628,34 @@ def _evaluate_step(p: Pipeline) -> None:
     members = p.members[1:] if recipe.train.epochs > 0 else []
 
     def evaluate_step():
-        from mobilecv.evaluate import TfliteModel, test_time_techniques, top1
+        from mobilecv.data.datasets import model_inputs
+        from mobilecv.evaluate import TfliteModel, test_time_techniques
+        from mobilecv.train import task_of
 
         model = _load(current)
-        x, y = _test_arrays(recipe, model)
-        rows = [{"model": "keras float32", "accuracy": _keras_top1(model, x, y), "bytes": None}]
+        task = task_of(model)
+        data = _test_split(recipe)
+        x, y = model_inputs(data.x, model), data.y
+        outputs = {"keras float32": _keras_outputs(model, x)}
         for mode, path in p.tflites.items():
-            acc = top1(TfliteModel(path).predict(x), y)
-            rows.append(
-                {"model": f"tflite {mode.value}", "accuracy": acc, "bytes": path.stat().st_size}
-            )
-        result = {"test_samples": int(len(y)), "accuracy": rows}
+            outputs[f"tflite {mode.value}"] = TfliteModel(path).predict_outputs(x, task.outputs)
+        rows = [
+            {"model": name, **task.score(out, y), "bytes": _tflite_bytes(p, name)}
+            for name, out in outputs.items()
+        ]
+        result = {
+            "task": task.name,
+            "primary_metric": task.primary_metric,
+            "higher_is_better": task.higher_is_better,
+            "test_samples": len(data),
+            "provenance": data.provenance,
+            "metrics": rows,
+        }
+        files = ["evaluate.json"]
+        if task.name != "classification":
+            last = f"tflite {recipe.convert.modes[-1].value}"
+            task.draw(data, outputs[last], p.out / "predictions.png", title=last)
+            files.append("predictions.png")
         if recipe.evaluate.multi_crop or members:
             # Ensemble members are converted exactly as the main model was.
             mode = recipe.convert.modes[-1]
@@ -618,12 +669,21 @@ def _evaluate_step(p: Pipeline) -> None:
                 [TfliteModel(p.tflites[mode]), *extra], x, y, recipe.evaluate.multi_crop
             )
         write_json(p.out / "evaluate.json", result, force=True)
-        return ["evaluate.json"], result
+        return files, result
 
     inputs = [current, *p.tflites.values(), *members]
     p.run.step(
-        "evaluate", [p.cfg["data"], p.cfg["evaluate"], p.cfg["convert"]], inputs, evaluate_step
+        "evaluate",
+        [p.cfg["data"], p.cfg["task"], p.cfg["evaluate"], p.cfg["convert"]],
+        inputs,
+        evaluate_step,
     )
+
+
+def _tflite_bytes(p: Pipeline, name: str) -> int | None:
+    mode = name.removeprefix("tflite ")
+    path = next((path for m, path in p.tflites.items() if m.value == mode), None)
+    return path.stat().st_size if path is not None and name.startswith("tflite ") else None
 
 
 def _bench_step(p: Pipeline) -> None:
@@ -676,7 +736,10 @@ def validate(recipe: Recipe) -> None:
     from mobilecv.registry import resolve
 
     resolve(recipe.model.name, **_model_knobs(recipe))
-    resolve_name(recipe.data.dataset)
+    task = recipe_task(recipe)
+    if task.name == "classification":
+        resolve_name(recipe.data.dataset)
+    _validate_task(recipe, task)
     for device in recipe.devices:
         bench_devices.get(device.name, calibrate=False)
     if recipe.compress.qat and any(
@@ -686,6 +749,46 @@ def validate(recipe: Recipe) -> None:
     _validate_training(recipe)
     _validate_classes(recipe)
     _validate_pretrain(recipe)
+
+
+def recipe_task(recipe: Recipe):
+    """The task of the recipe's model; a recipe that names one must name that one."""
+    from mobilecv.registry import get
+    from mobilecv.tasks import get_task
+
+    task = get_task(get(recipe.model.name).task)
+    if recipe.task.name is not None and get_task(recipe.task.name) is not task:
+        raise InputError(
+            f"task.name is {recipe.task.name!r} but {recipe.model.name} gives {task.name}; "
+            "choose a model of that task (see `mobilecv list`) or drop task.name"
+        )
+    return task
+
+
+def _validate_task(recipe: Recipe, task) -> None:
+    """Options of one task that another cannot honour fail here, naming the key."""
+    if task.name == "classification":
+        if recipe.task.scenes:
+            raise InputError("task.scenes: scenes are for tasks beyond classification")
+        return
+    if recipe.data.dataset != "scenes":
+        raise InputError(
+            f"data.dataset: {task.name} trains on 'scenes', not {recipe.data.dataset!r}"
+        )
+    unsupported = {
+        "data.classes": recipe.data.classes,
+        "pretrain.epochs": recipe.pretrain.epochs,
+        "train.cache_features": recipe.train.cache_features,
+        "evaluate.multi_crop": recipe.evaluate.multi_crop and "multi_crop" not in task.test_time,
+        "evaluate.ensemble": recipe.evaluate.ensemble > 1 and "ensemble" not in task.test_time,
+    }
+    for key, value in unsupported.items():
+        if value:
+            raise InputError(f"{key}: not available for {task.name}")
+    from mobilecv.data.scenes import SceneConfig
+    from mobilecv.tasks.base import scene_config
+
+    scene_config(SceneConfig(), recipe.task.scenes)  # unknown keys and bad values fail now
 
 
 def _validate_training(recipe: Recipe) -> None:

@@ -63,8 +63,10 @@ COLUMNS = (
     "fits_ops",
     "verdict",
     "reasons",
-    "val_accuracy",
-    "accuracy",
+    "task",
+    "metric",
+    "val_score",
+    "score",
     "pareto",
     "seconds",
     "tflite",
@@ -171,12 +173,12 @@ def _init_worker(lock, tf_threads: int) -> None:
         pass
 
 
-def _test_arrays(dataset: str, samples: int | None, model) -> tuple[np.ndarray, np.ndarray]:
-    from mobilecv.data import Split, load_arrays
-    from mobilecv.data.datasets import model_inputs
+def _split(dataset: str, split: str, samples: int | None, model):
+    """One split as the model's task reads it (its labels; scenes for tasks beyond
+    classification)."""
+    from mobilecv.train import load_split, task_of
 
-    data = load_arrays(dataset, Split.TEST, limit=samples)
-    return model_inputs(data.x, model), np.asarray(data.y)
+    return load_split(dataset, split, samples, task=task_of(model))
 
 
 def _measure_point(task: dict) -> dict:
@@ -211,11 +213,13 @@ def _measure_point(task: dict) -> dict:
             limit=task["train_limit"],
             progress=False,
         )
-        row["val_accuracy"] = report.val_accuracy
+        row["task"] = report.task
+        row["metric"] = _primary_metric(report.task)
+        row["val_score"] = report.val_metrics.get(row["metric"])
 
     shape = (1, *(int(d) for d in model.input_shape[1:]))
     if dataset is not None:
-        calibration = dataset
+        calibration = _split(dataset, "train", task["calibration_samples"] + 64, model).x
     else:  # no data: uniform [0, 1) images, which convert maps onto the declared input range
         calibration = np.random.default_rng(0).random(
             (task["calibration_samples"] + 64, *shape[1:]), dtype=np.float32
@@ -233,11 +237,17 @@ def _measure_point(task: dict) -> dict:
     row["tflite_bytes"] = result.size
 
     if task["train_epochs"] > 0:
-        from mobilecv.evaluate import TfliteModel, top1
+        from mobilecv.data.datasets import model_inputs
+        from mobilecv.evaluate import TfliteModel
+        from mobilecv.tasks import get_task
 
         # The test split is read only here, for the final score of the int8 model.
-        x, y = _test_arrays(dataset, task["test_samples"], model)
-        row["accuracy"] = top1(TfliteModel(result.tflite).predict(x), y)
+        data = _split(dataset, "test", task["test_samples"], model)
+        scorer = get_task(row["task"])
+        outputs = TfliteModel(result.tflite).predict_outputs(
+            model_inputs(data.x, model), scorer.outputs
+        )
+        row["score"] = scorer.score(outputs, data.y)[row["metric"]]
 
     host = devices.get("host", calibrate=False)
     on_host = task["device"] == "host"
@@ -520,16 +530,35 @@ def pareto_front(
     return [i for _, _, i in sorted(front)]
 
 
+def _primary_metric(task_name: str) -> str:
+    from mobilecv.tasks import get_task
+
+    return get_task(task_name).primary_metric
+
+
 def y_key(rows: Sequence[Mapping]) -> str:
-    """'accuracy' when any point was trained and scored, else 'macs'."""
-    return "accuracy" if any(_number(r.get("accuracy")) is not None for r in rows) else "macs"
+    """'score' (the task's test metric) when any point was trained and scored, else 'macs'."""
+    return "score" if any(_number(r.get("score")) is not None for r in rows) else "macs"
+
+
+def higher_is_better(rows: Sequence[Mapping]) -> bool:
+    """Whether a higher y is better: the scores' task says (an error such as NME is not)."""
+    from mobilecv.tasks import get_task
+
+    names = {r["task"] for r in rows if r.get("task") and _number(r.get("score")) is not None}
+    return all(get_task(n).higher_is_better for n in names)
 
 
 def mark_pareto(rows: list[dict]) -> list[int]:
     """Set each row's `pareto` flag: on the latency/y frontier of the points that fit."""
     y = y_key(rows)
     candidates = [i for i, r in enumerate(rows) if not r.get("error") and r.get("fits")]
-    front = pareto_front([rows[i] for i in candidates], "host_latency_ms", y)
+    front = pareto_front(
+        [rows[i] for i in candidates],
+        "host_latency_ms",
+        y,
+        maximize_y=y != "score" or higher_is_better(rows),
+    )
     chosen = {candidates[k] for k in front}
     for i, row in enumerate(rows):
         row["pareto"] = i in chosen
@@ -575,8 +604,12 @@ def plot(
         and _number(r.get("host_latency_ms")) is not None
         and _number(r.get(y)) is not None
     ]
-    scale = 100.0 if y == "accuracy" else 1e-6
-    ylabel = "test top-1 of the int8 model (%)" if y == "accuracy" else "MMACs"
+    metric = next((r["metric"] for r in rows if r.get("metric")), "accuracy")
+    percent = y == "score" and higher_is_better(rows)
+    scale = 100.0 if percent else (1.0 if y == "score" else 1e-6)
+    ylabel = (
+        f"test {metric} of the int8 model{' (%)' if percent else ''}" if y == "score" else "MMACs"
+    )
     device = device or next((r.get("device") for r in rows if r.get("device")), "device")
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -637,7 +670,7 @@ def plot(
     family = next((r.get("family") for r in rows), "")
     ax.set_title(
         title
-        or f"{family}: {y if y == 'accuracy' else 'MACs'} vs latency, fit judged for {device}"
+        or f"{family}: {metric if y == 'score' else 'MACs'} vs latency, fit judged for {device}"
         + (f" ({failed} point(s) failed)" if failed else "")
     )
     ax.grid(True, alpha=0.3)

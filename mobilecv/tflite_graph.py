@@ -155,6 +155,9 @@ class Graph:
     # Named metadata entries (name -> payload): the converter's own, and mobilecv's
     # "mobilecv" entry (see mobilecv.modelinfo).
     metadata: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    # The main subgraph's outputs by signature name, in output order (what LiteRT's
+    # get_output_details lists); () when the file has no signature.
+    output_names: tuple[str, ...] = ()
 
     @property
     def tensors(self) -> tuple[Tensor, ...]:
@@ -417,6 +420,7 @@ def _parse(data: bytes, name: str) -> Graph:
         metadata_buffers.add(entry.Buffer())
 
     return Graph(
+        output_names=_output_names(model, subgraphs[0].outputs, count),
         path=name,
         model_bytes=size,
         version=int(model.Version()),
@@ -428,6 +432,21 @@ def _parse(data: bytes, name: str) -> Graph:
         buffers=tuple(buffers),
         metadata=metadata,
     )
+
+
+def _output_names(model, outputs: tuple[int, ...], count) -> tuple[str, ...]:
+    """Names of the main subgraph's outputs from its signature (Keras output names)."""
+    for i in range(count(model.SignatureDefsLength(), "signature")):
+        signature = model.SignatureDefs(i)
+        if signature.SubgraphIndex() != 0:
+            continue
+        by_tensor = {}
+        for j in range(count(signature.OutputsLength(), "signature output")):
+            entry = signature.Outputs(j)
+            by_tensor[entry.TensorIndex()] = (entry.Name() or b"").decode(errors="replace")
+        if set(by_tensor) == set(outputs):
+            return tuple(by_tensor[t] for t in outputs)
+    return ()
 
 
 def rewrite(data: bytes, edit) -> bytes:

@@ -65,6 +65,9 @@ class TrainReport:
     feature_cache: str | None = None
     optimizer: str | None = None  # None in reports written before these were recorded
     schedule: str | None = None
+    task: str = "classification"
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the task's, held out
+    provenance: str = ""  # where the data came from (e.g. "synthetic composition: ...")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,18 +131,23 @@ def make_optimizer(K, name: str | Optimizer, learning_rate: float, decay_steps: 
     return K.optimizers.Adam(learning_rate)
 
 
-def compile_for_classification(
+def task_of(model):
+    """The registered task whose outputs `model` gives (its info; classification if none)."""
+    from mobilecv.modelinfo import get_info
+    from mobilecv.tasks import get_task
+
+    return get_task(get_info(model).task)
+
+
+def compile_for_task(
     model,
     learning_rate: float,
     optimizer: str | Optimizer = Optimizer.ADAM,
     decay_steps: int | None = None,
 ) -> None:
+    """Compile with the losses and metrics of the model's task."""
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    model.compile(
-        optimizer=make_optimizer(K, optimizer, learning_rate, decay_steps),
-        loss=K.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
-        metrics=["accuracy"],
-    )
+    task_of(model).compile(model, make_optimizer(K, optimizer, learning_rate, decay_steps))
 
 
 def head_start(model) -> int:
@@ -275,8 +283,19 @@ def load_split(
     split: Split,
     limit: int | None = None,
     classes: Sequence[int] = (),
+    task=None,
+    scenes: dict | None = None,
 ) -> ArrayData:
-    """One split, optionally of some classes only; `limit` counts the selected images."""
+    """One split, optionally of some classes only; `limit` counts the selected images.
+
+    A task other than classification loads its own labels (`Task.load`; `scenes`
+    overrides its scene config)."""
+    if task is not None and task.name != "classification":
+        if classes:
+            raise InputError(f"selecting classes applies to classification, not {task.name}")
+        return task.load(os.fspath(data), Split(split).value, limit=limit, scenes=scenes)
+    if scenes:
+        raise InputError("scene options apply to tasks trained on scenes, not classification")
     if not classes:
         return load_arrays(data, split, limit=limit)
     chosen = select_classes(load_arrays(data, split), classes)
@@ -290,14 +309,16 @@ def load_splits(
     limit: int | None = None,
     val_limit: int | None = None,
     classes: Sequence[int] = (),
+    task=None,
+    scenes: dict | None = None,
 ) -> Splits:
     """Train and held-out validation arrays (never the test split)."""
     if isinstance(data, Splits):
         return data
     val_limit = val_limit if val_limit is not None else limit
     return Splits(
-        load_split(data, Split.TRAIN, limit, classes),
-        load_split(data, Split.VALIDATION, val_limit, classes),
+        load_split(data, Split.TRAIN, limit, classes, task, scenes),
+        load_split(data, Split.VALIDATION, val_limit, classes, task, scenes),
         tuple(classes),
     )
 
@@ -312,16 +333,32 @@ def shard_by_data(dataset):
 
 
 def dataset_for(model, data: ArrayData, batch_size: int, **options):
-    """`data` as `model` takes it: its resolution, channels and declared input range."""
+    """`data` as `model` takes it: its resolution, channels and declared input range, and
+    labels other than class ids turned into the model's task targets."""
     resolution, channels = model_input_spec(model)
+    targets = task_of(model).keras_targets if isinstance(data.y, dict) else None
     return to_dataset(
         data,
         resolution=resolution,
         channels=channels,
         batch_size=batch_size,
         input_range=get_info(model).input_range,
+        targets=targets,
         **options,
     )
+
+
+def predict_outputs(model, data: ArrayData, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The model's outputs on `data`, by the names of its task's outputs."""
+    from mobilecv.tasks.base import as_outputs
+
+    ds = dataset_for(model, data, batch_size).map(lambda x, *_: x)
+    return as_outputs(model.predict(ds, verbose=0), task_of(model).outputs)
+
+
+def task_scores(model, data: ArrayData, batch_size: int = 64) -> dict[str, float]:
+    """The task's metrics of `model` on `data` (numpy scoring of its predictions)."""
+    return task_of(model).score(predict_outputs(model, data, batch_size), data.y)
 
 
 def datasets_for(model, splits: Splits, batch_size: int, augment: Callable | None = None):
@@ -361,7 +398,7 @@ def fit(
     if compile_model:
         cosine = parse_choice(Schedule, schedule, "schedule") is Schedule.COSINE
         decay = epochs * steps if cosine else None
-        compile_for_classification(model, learning_rate, optimizer, decay)
+        compile_for_task(model, learning_rate, optimizer, decay)
     train_ds, val_ds = datasets_for(model, splits, batch_size, augment)
     bar = TqdmProgress(K, epochs, steps, enabled=progress, summary=False)
     history: dict[str, list[float]] = {}
@@ -378,6 +415,8 @@ def fit(
         if recalibrate_bn:
             recalibrate_batchnorm(model, train_ds)
         held_out = model.evaluate(val_ds, verbose=0, return_dict=True)
+        if isinstance(splits.validation.y, dict):  # a task scored in numpy (IoU, NME, ...)
+            held_out.update(task_scores(model, splits.validation, batch_size))
         logs.update({f"val_{k}": float(v) for k, v in held_out.items()})
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
@@ -412,7 +451,7 @@ def recalibrate_batchnorm(model, dataset, batches: int = 50) -> int:
     strategy = getattr(model, "distribute_strategy", None) or tf().distribute.get_strategy()
     try:
         batches_ds = strategy.experimental_distribute_dataset(shard_by_data(dataset.take(batches)))
-        for k, (x, _) in enumerate(batches_ds, start=1):
+        for k, (x, *_) in enumerate(batches_ds, start=1):
             for layer in layers:
                 layer.momentum = (k - 1) / k
             strategy.run(lambda images: model(images, training=True), args=(x,))
@@ -430,12 +469,16 @@ def _all_layers(model):
 
 
 def evaluate(model, data: ArrayData, batch_size: int = 64) -> dict[str, float]:
-    """Loss and top-1 accuracy on the given split (compiles the model if needed)."""
+    """Loss and the task's metrics on the given split (compiles the model if needed):
+    top-1 "accuracy" for classification."""
     if not (getattr(model, "_is_compiled", False) or getattr(model, "compiled", False)):
-        compile_for_classification(model, 1e-3)
+        compile_for_task(model, 1e-3)
     ds = dataset_for(model, data, batch_size)
-    loss, accuracy = model.evaluate(shard_by_data(ds), verbose=0)[:2]
-    return {"loss": float(loss), "accuracy": float(accuracy)}
+    if not isinstance(data.y, dict):
+        loss, accuracy = model.evaluate(shard_by_data(ds), verbose=0)[:2]
+        return {"loss": float(loss), "accuracy": float(accuracy)}
+    loss = model.evaluate(shard_by_data(ds), verbose=0, return_dict=True)["loss"]
+    return {"loss": float(loss), **task_scores(model, data, batch_size)}
 
 
 def train(
@@ -465,7 +508,10 @@ def train(
     if isinstance(data, Splits) and limit is not None:
         raise InputError("limit applies to a dataset name or path; slice the Splits instead")
     schedule = parse_choice(Schedule, schedule, "schedule")
-    splits = load_splits(data, limit=limit)
+    task = task_of(model)
+    if cache_features and task.name != "classification":
+        raise InputError(f"cache_features trains a classifier head; not for {task.name}")
+    splits = load_splits(data, limit=limit, task=task)
     frozen = apply_freeze(
         model, Freeze.ALL_BUT_HEAD if cache_features and freeze is None else freeze
     )
@@ -497,7 +543,7 @@ def train(
             schedule=schedule,
         )
     seconds = time.perf_counter() - start
-    compile_for_classification(model, learning_rate, optimizer)
+    compile_for_task(model, learning_rate, optimizer)
     held_out = evaluate(model, splits.validation, batch_size)
     report = TrainReport(
         dataset=splits.train.name,
@@ -513,13 +559,16 @@ def train(
         cached_features=cache_features,
         seconds=round(seconds, 2),
         history=history,
-        val_accuracy=held_out["accuracy"],
+        val_accuracy=held_out.get("accuracy"),
         val_loss=held_out["loss"],
+        task=task.name,
+        val_metrics={k: v for k, v in held_out.items() if k != "loss"},
+        provenance=splits.train.provenance,
         feature_cache=str(cache_path) if cache_path else None,
     )
     if evaluate_test:
-        test = load_split(splits.train.name, Split.TEST, classes=splits.classes)
-        report.test_accuracy = evaluate(model, test, batch_size)["accuracy"]
+        test = load_split(splits.train.name, Split.TEST, classes=splits.classes, task=task)
+        report.test_accuracy = evaluate(model, test, batch_size).get("accuracy")
     return model, report
 
 
@@ -613,7 +662,7 @@ def _train_head_on_cached_features(
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
     steps = steps_per_epoch(len(splits.train), batch_size)
     decay = epochs * steps if schedule is Schedule.COSINE else None
-    compile_for_classification(head, learning_rate, optimizer, decay)
+    compile_for_task(head, learning_rate, optimizer, decay)
     T = tf()
     train_ds = (
         T.data.Dataset.from_tensor_slices((np.asarray(arrays["train"][0]), arrays["train"][1]))

@@ -23,6 +23,7 @@ def compute_row(name: str) -> dict:
     return {
         "name": name,
         "family": entry.family,
+        "task": entry.task,
         "resolution": entry.default_resolution,
         "params": prof.params,
         "macs": prof.macs,
@@ -44,11 +45,12 @@ def zoo_rows(pattern: str = "*") -> list[dict]:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| model | family | default resolution | params | MACs |",
-        "|---|---|---:|---:|---:|",
+        "| model | family | task | default resolution | params | MACs |",
+        "|---|---|---|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| `{r['name']}` | {r['family']} | {r['resolution']} | {r['params']:,} | {r['macs']:,} |"
+            f"| `{r['name']}` | {r['family']} | {r['task']} | {r['resolution']} | "
+            f"{r['params']:,} | {r['macs']:,} |"
         )
     return "\n".join(lines)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         format_table(profile(load_keras_model(out / "model.keras"), name=loaded.model.name), top=8)
     )
     evaluation = json.loads((out / "evaluate.json").read_text())
-    rows = evaluation["accuracy"]
+    rows = evaluation["metrics"]
     print(f"\nTop-1 on {evaluation['test_samples']:,} Fashion-MNIST test images:")
     for row in rows:
         size = f"{row['bytes']:>10,} B" if row["bytes"] else " " * 12

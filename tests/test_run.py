@@ -79,7 +79,7 @@ def test_small_run_writes_report_and_resumes(tmp_path, monkeypatch):
     assert (out / "recipe.resolved.yaml").exists()
     evaluation = json.loads((out / "evaluate.json").read_text())
     assert evaluation["test_samples"] == 120
-    top1 = {row["model"]: row["accuracy"] for row in evaluation["accuracy"]}
+    top1 = {row["model"]: row["accuracy"] for row in evaluation["metrics"]}
     assert top1["keras float32"] > 0.2, top1  # twice chance after one epoch (26.7% here)
     assert abs(top1["tflite none"] - top1["keras float32"]) <= 2 / 120, top1
     assert abs(top1["tflite int8"] - top1["keras float32"]) <= 0.1, top1
@@ -232,7 +232,7 @@ def test_small_run_of_every_shipped_recipe(name, tmp_path):
         bench = json.loads((out / f"bench_{device.name}.json").read_text())
         assert bench["verdict"] in ("fits", "does not fit")
     evaluation = json.loads((out / "evaluate.json").read_text())
-    assert len(evaluation["accuracy"]) == 1 + len(loaded.convert.modes)
+    assert len(evaluation["metrics"]) == 1 + len(loaded.convert.modes)
     report = (out / "report.md").read_text()
     assert "## Accuracy and size" in report
     if loaded.compress.qat:

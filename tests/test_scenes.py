@@ -309,3 +309,19 @@ def test_importing_scenes_does_not_import_tensorflow():
     code = "import sys, mobilecv.data.scenes; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_tiles_are_whole_source_squares_whose_corners_are_the_keypoints():
+    """paste="tile": the pasted shape is the warped source square, so its corners (the
+    landmark targets) are visible corners, as a marker's are."""
+    from mobilecv.data.scenes import SceneConfig, generate
+
+    config = SceneConfig(size=64, objects=(1, 1), paste="tile", warp=0.2, rotation=15, seed=3)
+    scenes = generate("validation", 6, config)
+    for i in range(len(scenes)):
+        scene = scenes.scene(i)
+        corners = scene.keypoints[0, :4, :2]
+        hull = np.array([*corners.min(axis=0), *corners.max(axis=0)])
+        # The visible mask fills the quad, so its box is the corners' box (pixel rounding).
+        assert np.abs(scene.boxes[0] - hull).max() <= 1.0, (scene.boxes[0], hull)
+        assert scene.masks[0].sum() > 0.5 * (hull[2] - hull[0]) * (hull[3] - hull[1])

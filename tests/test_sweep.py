@@ -58,7 +58,9 @@ def _row(width, resolution, latency, macs, fits=True, accuracy=None, error=None)
         tflite_bytes=5000, host_latency_ms=latency, device="stm32f746", device_latency_ms=None if latency is None else latency * 100,
         fits=fits, verdict="fits" if fits else "does not fit",
         reasons=[] if fits else ["ram: 600 KiB needed, 320 KiB available"],
-        accuracy=accuracy, error=error, pareto=False,
+        score=accuracy, error=error, pareto=False,
+        task=None if accuracy is None else "classification",
+        metric=None if accuracy is None else "accuracy",
     )  # fmt: skip
     if error:
         for key in ("params", "macs", "host_latency_ms", "fits", "verdict"):
@@ -80,10 +82,10 @@ def test_mark_pareto_uses_only_points_that_fit():
     rows = _rows()
     sw.mark_pareto(rows)
     assert [r["pareto"] for r in rows] == [True, True, False, False, False]
-    assert sw.y_key(rows) == "accuracy"
+    assert sw.y_key(rows) == "score"
     # Without accuracy the frontier is MACs against latency: every fitting point is on it here.
     for r in rows:
-        r["accuracy"] = None
+        r["score"] = None
     sw.mark_pareto(rows)
     assert sw.y_key(rows) == "macs"
     assert [r["pareto"] for r in rows] == [True, True, True, False, False]
@@ -99,7 +101,7 @@ def test_write_outputs(tmp_path):
     assert table[3]["reasons"].startswith("ram:") and table[4]["error"] == "RuntimeError: boom"
     assert [t["pareto"] for t in table] == ["True", "True", "False", "False", "False"]
     data = json.loads(paths["json"].read_text())
-    assert data["y"] == "accuracy" and len(data["rows"]) == len(rows)
+    assert data["y"] == "score" and len(data["rows"]) == len(rows)
     with pytest.raises(InputError, match="--force"):  # outputs are never silently overwritten
         sw.write_outputs(rows, tmp_path)
 
@@ -205,9 +207,22 @@ def test_sweep_with_short_training_scores_the_test_split(tmp_path):
     assert row["error"] is None, row["error"]
     # 10 digit classes, chance ~0.1; 4 epochs on the ~1.3k training digits scored 0.56-0.60
     # in two runs (2 epochs on 600 scored 0.25-0.30, too close to a bound to be a test).
-    assert row["accuracy"] > 0.35 and row["val_accuracy"] > 0.35
+    assert row["metric"] == "accuracy" and row["score"] > 0.35 and row["val_score"] > 0.35
     # On host the budget is judged on the measured latency: nothing runs in 1 ns.
     assert row["verdict"] == "does not fit" and row["fits_latency"] is False
     assert any("latency" in reason for reason in row["reasons"])
     assert not row["pareto"]  # only points that fit can be on the frontier
-    assert json.loads((tmp_path / sw.JSON_NAME).read_text())["y"] == "accuracy"
+    assert json.loads((tmp_path / sw.JSON_NAME).read_text())["y"] == "score"
+
+
+def test_pareto_prefers_a_lower_error_when_the_task_scores_an_error():
+    """Landmarks score NME: the frontier takes the lower error at each latency."""
+    rows = [
+        _row(0.25, 32, 0.10, 1_000_000, accuracy=0.20),
+        _row(0.5, 32, 0.20, 2_000_000, accuracy=0.30),  # slower and a larger error: dominated
+        _row(0.5, 48, 0.30, 3_000_000, accuracy=0.10),
+    ]
+    for r in rows:
+        r.update(task="landmarks", metric="nme")
+    sw.mark_pareto(rows)
+    assert [r["pareto"] for r in rows] == [True, False, True]

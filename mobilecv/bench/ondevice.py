@@ -10,6 +10,11 @@ Random float inputs are drawn in the input range the model declares: the "mobile
 metadata entry mobilecv writes into every .tflite (read with ai_edge_litert's schema),
 else `--input-range LO,HI`, else [0, 1]. Quantised inputs take every integer code.
 
+With `--postprocess` the outputs are decoded by the model's task (classification,
+localisation, landmarks, ...: named in the same metadata) with mobilecv's numpy
+post-processing, `postprocess.py`: copy it beside this file on a device (it needs only
+numpy); the result gains "predictions" and "postprocess_ms".
+
     python3 ondevice.py model.tflite --threads 4 --runs 100 -o result.json
 """
 
@@ -66,9 +71,9 @@ def _peak_rss_kb() -> float:
     return peak / 1024 if sys.platform == "darwin" else float(peak)  # macOS reports bytes
 
 
-def declared_input_range(model: str, entry_name: bytes = b"mobilecv") -> tuple | None:
-    """(lo, hi) from the model's metadata entry `entry_name` (mobilecv's model info), or
-    None (no entry, or no schema: tflite_runtime does not ship one).
+def model_info(model: str, entry_name: bytes = b"mobilecv") -> dict | None:
+    """The model's mobilecv info (its metadata entry `entry_name`: input range, task,
+    output names), or None (no entry, or no schema: tflite_runtime does not ship one).
 
     The file is memory-mapped, so only the pages holding the metadata are read: the
     measured peak RSS stays the runtime's own."""
@@ -79,12 +84,69 @@ def declared_input_range(model: str, entry_name: bytes = b"mobilecv") -> tuple |
     try:
         with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             payload = _metadata_entry(fb, mm, entry_name)
-        if payload is None:
-            return None
-        lo, hi = json.loads(payload)["input_range"]
-        return float(lo), float(hi)
+            info = json.loads(payload) if payload is not None else {}
+            info["signature_outputs"] = _signature_outputs(fb, mm)
+        return info
     except Exception:  # noqa: BLE001 - not a model, or a damaged entry: the flag or default decides
         return None
+
+
+def declared_input_range(model: str, entry_name: bytes = b"mobilecv") -> tuple | None:
+    """(lo, hi) from the model's mobilecv info, or None."""
+    info = model_info(model, entry_name) or {}
+    if "input_range" not in info:
+        return None
+    lo, hi = info["input_range"]
+    return float(lo), float(hi)
+
+
+def _signature_outputs(fb, data) -> list[str]:
+    """The main subgraph's output names from its signature, in output order ([] if none)."""
+    root = fb.Model.GetRootAs(data, 0)
+    outputs = root.Subgraphs(0).OutputsAsNumpy().tolist()
+    for i in range(root.SignatureDefsLength()):
+        signature = root.SignatureDefs(i)
+        names = {}
+        for j in range(signature.OutputsLength()):
+            entry = signature.Outputs(j)
+            names[entry.TensorIndex()] = entry.Name().decode()
+        if signature.SubgraphIndex() == 0 and set(names) == set(outputs):
+            return [names[t] for t in outputs]
+    return []
+
+
+def _postprocess_module():
+    """mobilecv/postprocess.py: beside this script on a device, else the installed one."""
+    try:
+        import postprocess  # copied next to ondevice.py
+
+        return postprocess
+    except ImportError:
+        from mobilecv import postprocess
+
+        return postprocess
+
+
+def decode_outputs(interp, info: dict, repeats: int = 20) -> tuple[dict, float]:
+    """The task's numpy post-processing of the last invoke's outputs, and its median ms."""
+    import numpy as np
+
+    post = _postprocess_module()
+    details = interp.get_output_details()
+    names = info.get("signature_outputs") or [d["name"] for d in details]
+    outputs = {}
+    for name, d in zip(names, details, strict=True):
+        raw = interp.get_tensor(d["index"]).astype(np.float32)
+        scale, zero = d.get("quantization", (0.0, 0))
+        outputs[name] = (raw - zero) * scale if scale else raw
+    task = info.get("task", "classification")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        decoded = post.decode(task, outputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    plain = {k: np.asarray(v).tolist() for k, v in decoded.items()}
+    return {"task": task, **plain}, sorted(times)[len(times) // 2]
 
 
 def _metadata_entry(fb, data, name: bytes) -> bytes | None:
@@ -175,10 +237,13 @@ def measure(
     seed: int = 0,
     device: str = "",
     input_range: tuple[float, float] | None = None,
+    postprocess: bool = False,
 ) -> dict:
     """Load, warm up and time `model`; return the result dict (raises on failure).
 
-    `input_range` overrides the range the model declares for random float inputs."""
+    `input_range` overrides the range the model declares for random float inputs. With
+    `postprocess`, the task's numpy post-processing (from the model's metadata) decodes the
+    last outputs, and its time is reported too."""
     if cores:
         os.sched_setaffinity(0, cores)  # before the runtime starts its threads
     if memory_limit_mb:
@@ -188,6 +253,7 @@ def measure(
 
     # Before the runtime starts, so that reading the metadata is not part of its memory.
     drawn_in, range_source = (None, "inputs") if inputs else input_range_for(model, input_range)
+    info = (model_info(model) or {}) if postprocess else {}
     interpreter_cls, runtime = _interpreter_class()
     rss_before = _rss_kb() or _peak_rss_kb()
 
@@ -247,6 +313,7 @@ def measure(
     overhead_us = (clock() - t0) / 1000 * 1e6
 
     peak_kb = _peak_rss_kb()
+    decoded = decode_outputs(interp, info) if postprocess else None
     return {
         "schema": SCHEMA_VERSION,
         "model": os.path.basename(model),
@@ -267,6 +334,7 @@ def measure(
         "machine": f"{platform.system()} {platform.machine()} {platform.python_version()}",
         "input_range": list(drawn_in) if drawn_in else None,
         "input_range_source": range_source,
+        **({"predictions": decoded[0], "postprocess_ms": decoded[1]} if decoded else {}),
         "ok": True,
     }
 
@@ -288,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LO,HI",
         help="range of random float inputs (default: the model's mobilecv metadata, else 0,1)",
     )
+    p.add_argument(
+        "--postprocess",
+        action="store_true",
+        help="decode the outputs with the model's task (numpy; needs postprocess.py beside "
+        "this script, or mobilecv) and time it",
+    )
     p.add_argument("--device", default="", help="name to record (default: hostname)")
     p.add_argument("-o", "--output", default="-", help="JSON file (default stdout)")
     a = p.parse_args(argv)
@@ -299,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = measure(
             a.model, a.threads, a.runs, a.warmup, a.time_budget, cores,
-            a.memory_limit_mb, a.inputs, a.seed, a.device, flag_range,
+            a.memory_limit_mb, a.inputs, a.seed, a.device, flag_range, a.postprocess,
         )  # fmt: skip
         code = 0
     except MemoryError:

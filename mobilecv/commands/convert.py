@@ -137,8 +137,9 @@ def convert(
     v = result.verification
     if v is not None:
         figures = f"max |err| {v.max_abs_error:.3g}, mean |err| {v.mean_abs_error:.3g}"
-        if v.top1_agreement is not None:
-            figures = f"top-1 agreement {v.top1_agreement:.1%}, " + figures
+        if v.agreement:  # the task's figures: top-1, box IoU, point error, ...
+            agreed = ", ".join(f"{k.replace('_', ' ')} {x:.4g}" for k, x in v.agreement.items())
+            figures = f"{agreed}, {figures}"
         click.echo(
             f"verified in LiteRT ({v.runtime} runtime) on {v.samples} {v.data} samples: {figures}"
         )

@@ -105,10 +105,11 @@ def sweep_command(family, widths, resolutions, depths, device, max_latency_ms, t
 
 def format_table(rows) -> str:
     """A fixed-width table of the figures that answer "which point for this device?"."""
-    acc = any(r.get("accuracy") is not None for r in rows)
+    acc = any(r.get("score") is not None for r in rows)
+    metric = next((r["metric"] for r in rows if r.get("metric")), "score")[:6]
     head = (
         f"{'width':>5} {'depth':>5} {'res':>4} {'params':>9} {'MMACs':>8} {'int8 KB':>8} "
-        f"{'host ms':>8} {'dev ms':>8} " + (f"{'top-1':>6} " if acc else "") + "  verdict"
+        f"{'host ms':>8} {'dev ms':>8} " + (f"{metric:>6} " if acc else "") + "  verdict"
     )
     lines = [head]
     for r in rows:
@@ -120,7 +121,7 @@ def format_table(rows) -> str:
         verdict = r["verdict"] + (" *pareto*" if r.get("pareto") else "")
         if r["verdict"] != "fits" and r.get("reasons"):
             verdict += f" ({'; '.join(r['reasons'])})"
-        top1 = f"{100 * r['accuracy']:>5.1f}% " if acc and r.get("accuracy") is not None else ""
+        top1 = f"{r['score']:>6.4f} " if acc and r.get("score") is not None else ""
         lines.append(
             f"{r['width']:>5g} {r['depth']:>5g} {r['resolution']:>4} {r['params']:>9,} "
             f"{r['macs'] / 1e6:>8.2f} {r['tflite_bytes'] / 1024:>8.1f} "

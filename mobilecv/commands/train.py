@@ -33,34 +33,52 @@ batch_size_option = click.option(
 
 
 def _load_or_build(spec: str, data: str, resolution: int | None, width: float | None):
-    """A Keras model file, or a registered model name built for the dataset's classes and channels."""
+    """A Keras model file, or a registered model name built for the dataset's classes and
+    channels (the data as the model's task reads it)."""
     path = Path(spec)
     if path.exists() or path.suffix in (".keras", ".h5", ".hdf5"):
         from mobilecv.modelio import load_model
 
         return load_model(path, keras="tf_keras")
     import mobilecv  # lazy: the registry imports every model family
-    from mobilecv.data import load_arrays
+    from mobilecv.tasks import get_task
+    from mobilecv.train import load_split
 
-    mobilecv.registry.get(spec)  # an unknown name fails before the data is read
-    sample = load_arrays(data, "validation", limit=1)
-    channels = int(sample.x.shape[-1])
-    return mobilecv.build(
-        spec,
-        width=width,
-        resolution=resolution or max(32, int(sample.x.shape[1])),
-        classes=sample.classes,
-        input_channels=channels,
-    )
+    entry = mobilecv.registry.get(spec)  # an unknown name fails before the data is read
+    sample = load_split(data, "validation", limit=1, task=get_task(entry.task))
+    knobs = {
+        "width": width,
+        "resolution": resolution or max(32, int(sample.x.shape[1])),
+        "input_channels": int(sample.x.shape[-1]),
+    }
+    if "classes" in entry.supports:
+        knobs["classes"] = sample.classes
+    return mobilecv.build(spec, **knobs)
 
 
-def _augmentation(names: str | None, data: str, limit: int | None):
-    """The --augment chain; "pca" fits its colour statistics on the train split."""
-    from mobilecv.data import load_arrays
+def _check_augment(names: str | None) -> None:
+    from mobilecv.data.augment import check_names
+
+    check_names(names)
+
+
+def _augmentation(names: str | None, data: str, limit: int | None, model):
+    """The --augment chain for the model's task (a mirror reorders labelled points);
+    "pca" fits its colour statistics on the train split."""
     from mobilecv.data.augment import from_names
+    from mobilecv.train import load_split, task_of
 
-    images = load_arrays(data, "train", limit=limit).x if names and "pca" in names else None
-    return from_names(names, images)
+    task = task_of(model)
+    images = load_split(data, "train", limit, task=task).x if names and "pca" in names else None
+    return from_names(names, images, point_permutation=task.mirror_permutation)
+
+
+def _figures(metrics: dict) -> str:
+    """ "accuracy 0.9123" (classification) or "iou50 0.8100, mean_iou 0.7012, ..."."""
+    names = {"accuracy": "top-1"}
+    return ", ".join(
+        f"{names.get(k, k)} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)
+    )
 
 
 def _freeze(value: str | None):
@@ -147,8 +165,9 @@ def train_command(
     # Every cheap check before the model is loaded or built (TensorFlow takes seconds).
     output_paths(out_dir, qat=False, force=force)
     frozen = _freeze(freeze)
-    chain = _augmentation(augment, data, limit)
+    _check_augment(augment)
     keras_model = _load_or_build(model, data, resolution, width)
+    chain = _augmentation(augment, data, limit, keras_model)
     cache_dir = Path(out_dir) / "features" if cache_features else None
     keras_model, report = train(
         keras_model,
@@ -175,7 +194,8 @@ def train_command(
             else ""
         )
         click.echo(
-            f"held-out top-1 {payload['val_accuracy']:.4f} after {epochs} epochs ({payload['seconds']:.1f} s){test}"
+            f"held-out {_figures(payload['val_metrics'])} after {epochs} epochs "
+            f"({payload['seconds']:.1f} s){test}"
         )
         click.echo(f"wrote {payload['model']} and {payload['report']}")
 
@@ -273,8 +293,9 @@ def compress_command(
 
     check_request(prune, prune_2by4, cluster, qat, epochs)
     output_paths(out_dir, qat=qat, force=force)
-    chain = _augmentation(augment, data, limit)
+    _check_augment(augment)
     keras_model = _load_or_build(model, data, None, None)
+    chain = _augmentation(augment, data, limit, keras_model)
     keras_model, report = compress(
         keras_model,
         data,
@@ -296,10 +317,13 @@ def compress_command(
     if as_json:
         echo_json(payload)
         return
-    click.echo(f"{'stage':<10} {'top-1':>7} {'sparsity':>9} {'max unique':>11} {'per channel':>12}")
+    from mobilecv.train import task_of
+
+    metric = task_of(keras_model).primary_metric
+    click.echo(f"{'stage':<10} {metric:>8} {'sparsity':>9} {'max unique':>11} {'per channel':>12}")
     for stage in report.stages:
         click.echo(
-            f"{stage.stage:<10} {stage.val_accuracy:>7.4f} {stage.sparsity:>9.3f} "
+            f"{stage.stage:<10} {stage.val_metrics[metric]:>8.4f} {stage.sparsity:>9.3f} "
             f"{stage.max_unique_weights:>11} {stage.max_unique_per_channel:>12}"
         )
     click.echo(f"wrote {payload['model']} and {payload['report']}")

@@ -27,7 +27,15 @@ from mobilecv.compress._common import (
     unique_per_channel,
 )
 from mobilecv.errors import InputError, UnknownName, parse_choice
-from mobilecv.train import Schedule, Splits, evaluate, fit, load_splits, steps_per_epoch
+from mobilecv.train import (
+    Schedule,
+    Splits,
+    evaluate,
+    fit,
+    load_splits,
+    steps_per_epoch,
+    task_of,
+)
 
 # Weights measured for the report: every conv/dense kernel a technique may touch.
 MEASURED = {"Conv2D": ("kernel",), "Dense": ("kernel",)}
@@ -36,13 +44,14 @@ MEASURED = {"Conv2D": ("kernel",), "Dense": ("kernel",)}
 @dataclass
 class StageReport:
     stage: str
-    val_accuracy: float
+    val_accuracy: float | None  # top-1 for classification; None for other tasks
     val_loss: float
     sparsity: float
     max_unique_weights: int
     max_unique_per_channel: int
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the task's metrics
 
 
 @dataclass
@@ -73,8 +82,9 @@ def measure(
     counts = unique_counts(weights)
     return StageReport(
         stage=stage,
-        val_accuracy=round(result["accuracy"], 4),
+        val_accuracy=round(result["accuracy"], 4) if "accuracy" in result else None,
         val_loss=round(result["loss"], 4),
+        val_metrics={k: round(float(v), 4) for k, v in result.items() if k != "loss"},
         sparsity=round(overall_sparsity(weights), 4),
         max_unique_weights=max(counts.values()) if counts else 0,
         max_unique_per_channel=max((unique_per_channel(w) for w in weights.values()), default=0),
@@ -125,7 +135,7 @@ def compress(
     require_tf_keras(model, "compress")
     check_request(prune, prune_2by4, cluster, qat, epochs)
     schedule = parse_choice(Schedule, schedule, "schedule")  # before any data is loaded
-    splits = load_splits(data, limit=limit)
+    splits = load_splits(data, limit=limit, task=task_of(model))
     report = CompressReport(
         dataset=splits.train.name,
         train_samples=len(splits.train),

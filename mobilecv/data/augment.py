@@ -3,6 +3,11 @@
 Each augmentation is a callable on one float image (H, W, C) in [0, 1], so it can be
 mapped over a tf.data pipeline before batching. `compose()` chains them;
 `from_names("mirror,crop")` builds a chain from CLI text.
+
+`apply(image, labels)` moves the labels with the image, for tasks beyond classification:
+``box`` (..., 4) corners and ``points`` (..., K, 2) as fractions of the image, and ``mask``
+(H, W[, 1]) per-pixel ids follow a flip, crop or warp; photometric steps leave them alone.
+An all-zero box means "no object" and stays all-zero.
 """
 
 from __future__ import annotations
@@ -31,12 +36,40 @@ class Mirror:
     """Horizontal flip with probability p."""
 
     p: float = 0.5
+    # After a mirror, point i of a labelled set is the mirror image of point permutation[i]
+    # (left and right corners swap); None keeps the order.
+    point_permutation: tuple[int, ...] | None = None
 
     def __call__(self, image):
+        return self.apply(image, {})[0]
+
+    def apply(self, image, labels: dict):
         T = tf()
         image = T.convert_to_tensor(image, T.float32)
         flip = T.random.uniform([]) < self.p
-        return T.cond(flip, lambda: T.image.flip_left_right(image), lambda: image)
+
+        def mirrored(x):
+            return T.cond(flip, lambda: T.reverse(x, [1]), lambda: x)
+
+        labels = dict(labels)
+        if "box" in labels:
+            box = T.cast(labels["box"], T.float32)
+            flipped = T.stack([1.0 - box[..., 2], box[..., 1], 1.0 - box[..., 0], box[..., 3]], -1)
+            labels["box"] = T.where(flip & _has_box(box)[..., None], flipped, box)
+        if "points" in labels:
+            points = T.cast(labels["points"], T.float32)
+            flipped = T.stack([1.0 - points[..., 0], points[..., 1]], -1)
+            if self.point_permutation is not None:
+                flipped = T.gather(flipped, list(self.point_permutation), axis=-2)
+                if "visible" in labels:
+                    visible = labels["visible"]
+                    labels["visible"] = T.where(
+                        flip, T.gather(visible, list(self.point_permutation), axis=-1), visible
+                    )
+            labels["points"] = T.where(flip, flipped, points)
+        if "mask" in labels:
+            labels["mask"] = mirrored(labels["mask"])
+        return mirrored(image), labels
 
 
 @dataclass(frozen=True)
@@ -46,32 +79,112 @@ class RandomCrop:
     padding: int = 4
 
     def __call__(self, image):
+        return self.apply(image, {})[0]
+
+    def apply(self, image, labels: dict):
         T = tf()
         image = T.convert_to_tensor(image, T.float32)
         p = self.padding
+        shape = T.shape(image)
         padded = T.pad(image, [[p, p], [p, p], [0, 0]], mode="REFLECT")
-        return T.image.random_crop(padded, T.shape(image))
+        oy = T.random.uniform([], 0, 2 * p + 1, dtype=T.int32)
+        ox = T.random.uniform([], 0, 2 * p + 1, dtype=T.int32)
+        out = T.slice(padded, T.stack([oy, ox, 0]), shape)
+        h, w = T.cast(shape[0], T.float32), T.cast(shape[1], T.float32)
+        # A label at fraction f moves to f + (p - offset) / size.
+        dx = T.cast(p - ox, T.float32) / w
+        dy = T.cast(p - oy, T.float32) / h
+        labels = dict(labels)
+        if "box" in labels:
+            box = T.cast(labels["box"], T.float32)
+            moved = T.clip_by_value(box + T.stack([dx, dy, dx, dy]), 0.0, 1.0)
+            labels["box"] = T.where(_has_box(box)[..., None], moved, box)
+        if "points" in labels:
+            labels["points"] = T.cast(labels["points"], T.float32) + T.stack([dx, dy])
+        if "mask" in labels:
+            mask = labels["mask"]
+            pads = [[p, p], [p, p]] + [[0, 0]] * (len(mask.shape) - 2)
+            begin = T.concat([T.stack([oy, ox]), T.zeros([len(mask.shape) - 2], T.int32)], 0)
+            labels["mask"] = T.slice(T.pad(mask, pads), begin, T.shape(mask))
+        return out, labels
 
 
-def _affine(image, matrix):
-    """Warp with a 3x3 output->input matrix (about the image centre), nearest-edge fill."""
+def _centred(image, matrix):
+    """The output->input pixel matrix of ``matrix`` applied about the image centre."""
     T = tf()
     h = T.cast(T.shape(image)[0], T.float32)
     w = T.cast(T.shape(image)[1], T.float32)
     cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    to_centre = T.convert_to_tensor([[1.0, 0.0, cx], [0.0, 1.0, cy], [0.0, 0.0, 1.0]])
-    from_centre = T.convert_to_tensor([[1.0, 0.0, -cx], [0.0, 1.0, -cy], [0.0, 0.0, 1.0]])
-    full = to_centre @ matrix @ from_centre
-    params = T.reshape(full, [-1])[:8][None, :]
+    to_centre = T.stack(
+        [T.stack([1.0, 0.0, cx]), T.stack([0.0, 1.0, cy]), T.constant([0.0, 0.0, 1.0])]
+    )
+    from_centre = T.stack(
+        [T.stack([1.0, 0.0, -cx]), T.stack([0.0, 1.0, -cy]), T.constant([0.0, 0.0, 1.0])]
+    )
+    return to_centre @ matrix @ from_centre
+
+
+def _transform(image, full, interpolation: str = "BILINEAR", fill_mode: str = "NEAREST"):
+    T = tf()
     out = T.raw_ops.ImageProjectiveTransformV3(
         images=image[None],
-        transforms=params,
+        transforms=T.reshape(full, [-1])[:8][None, :],
         output_shape=T.shape(image)[:2],
         fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="NEAREST",
+        interpolation=interpolation,
+        fill_mode=fill_mode,
     )
     return out[0]
+
+
+def _affine(image, matrix):
+    """Warp with a 3x3 output->input matrix (about the image centre), nearest-edge fill."""
+    return _transform(image, _centred(image, matrix))
+
+
+def _move_points(points, full, image):
+    """Fractions (..., 2) through the inverse of an output->input pixel matrix.
+
+    Pixel centres sit at (i + 0.5) in fractional units but at i in the warp's pixel grid."""
+    T = tf()
+    size = T.cast(T.stack([T.shape(image)[1], T.shape(image)[0]]), T.float32)
+    pixels = points * size - 0.5
+    ones = T.ones_like(pixels[..., :1])
+    moved = T.linalg.matvec(T.linalg.inv(full), T.concat([pixels, ones], -1))
+    return (moved[..., :2] / moved[..., 2:] + 0.5) / size
+
+
+def _has_box(box):
+    T = tf()
+    return T.reduce_any(T.not_equal(box, 0.0), axis=-1)
+
+
+def warp_labels(image, labels: dict, matrix):
+    """Warp an image and its labels with a 3x3 output->input matrix about the centre.
+
+    A box becomes the bounding box of its warped corners, clipped to the image."""
+    T = tf()
+    full = _centred(image, matrix)
+    labels = dict(labels)
+    if "points" in labels:
+        labels["points"] = _move_points(T.cast(labels["points"], T.float32), full, image)
+    if "box" in labels:
+        box = T.cast(labels["box"], T.float32)
+        corners = T.stack(
+            [box[..., 0:2], T.stack([box[..., 2], box[..., 1]], -1), box[..., 2:4],
+             T.stack([box[..., 0], box[..., 3]], -1)], -2,
+        )  # fmt: skip
+        moved = _move_points(corners, full, image)
+        warped = T.clip_by_value(
+            T.concat([T.reduce_min(moved, -2), T.reduce_max(moved, -2)], -1), 0.0, 1.0
+        )
+        labels["box"] = T.where(_has_box(box)[..., None], warped, box)
+    if "mask" in labels:
+        mask = labels["mask"]
+        grid = mask if len(mask.shape) == 3 else mask[..., None]
+        grid = _transform(T.cast(grid, T.float32), full, "NEAREST", "CONSTANT")
+        labels["mask"] = T.cast(grid if len(mask.shape) == 3 else grid[..., 0], mask.dtype)
+    return _transform(image, full), labels
 
 
 @dataclass(frozen=True)
@@ -82,15 +195,23 @@ class RotateShear:
     max_shear: float = 0.15
 
     def __call__(self, image):
+        return self.apply(image, {})[0]
+
+    def apply(self, image, labels: dict):
         T = tf()
         image = T.convert_to_tensor(image, T.float32)
         angle = T.random.uniform([], -self.max_degrees, self.max_degrees) * (math.pi / 180.0)
         shear = T.random.uniform([], -self.max_shear, self.max_shear)
-        return warp(image, angle, shear)
+        return warp_labels(image, labels, rotation_shear(angle, shear))
 
 
 def warp(image, angle_radians, shear):
     """Rotate by `angle_radians` and shear by `shear` (deterministic; used by RotateShear)."""
+    return _affine(image, rotation_shear(angle_radians, shear))
+
+
+def rotation_shear(angle_radians, shear):
+    """The 3x3 output->input matrix of a rotation followed by a horizontal shear."""
     T = tf()
     angle = T.cast(angle_radians, T.float32)
     shear = T.cast(shear, T.float32)
@@ -101,7 +222,7 @@ def warp(image, angle_radians, shear):
     shearing = T.stack(
         [T.stack([one, shear, zero]), T.stack([zero, one, zero]), T.stack([zero, zero, one])]
     )
-    return _affine(image, rotation @ shearing)
+    return rotation @ shearing
 
 
 @dataclass(frozen=True)
@@ -166,30 +287,56 @@ class Compose:
             image = step(image)
         return image
 
+    def apply(self, image, labels: dict):
+        """Every step on the image and the labels; photometric steps move no label."""
+        for step in self.steps:
+            if hasattr(step, "apply"):
+                image, labels = step.apply(image, labels)
+            else:
+                image = step(image)
+        return image, labels
+
 
 def compose(*steps: Callable) -> Compose:
     return Compose(tuple(steps))
 
 
-def from_names(
-    names: str | Sequence[str] | None, train_images: np.ndarray | None = None
-) -> Compose | None:
-    """Build a chain from names such as "mirror,crop,rotate,color,pca".
-
-    "pca" needs the training images to fit its colour statistics.
-    """
-    if not names:
-        return None
+def _names(names: str | Sequence[str]) -> list[Augmentation]:
     items = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
-    steps: list[Callable] = []
+    kinds = []
     for item in items:
         try:
-            kind = Augmentation(item)
+            kinds.append(Augmentation(item))
         except ValueError:
             choices = ", ".join(a.value for a in Augmentation)
             raise InputError(f"unknown augmentation {item!r}; choose from {choices}") from None
+    return kinds
+
+
+def check_names(names: str | Sequence[str] | None) -> None:
+    """Validate augmentation names without building anything (cheap, before TensorFlow)."""
+    if names:
+        _names(names)
+
+
+def from_names(
+    names: str | Sequence[str] | None,
+    train_images: np.ndarray | None = None,
+    point_permutation: Sequence[int] | None = None,
+) -> Compose | None:
+    """Build a chain from names such as "mirror,crop,rotate,color,pca".
+
+    "pca" needs the training images to fit its colour statistics; ``point_permutation`` is
+    how a mirror reorders labelled points (see Mirror).
+    """
+    if not names:
+        return None
+    steps: list[Callable] = []
+    for kind in _names(names):
         if kind is Augmentation.MIRROR:
-            steps.append(Mirror())
+            steps.append(
+                Mirror(point_permutation=tuple(point_permutation) if point_permutation else None)
+            )
         elif kind is Augmentation.CROP:
             steps.append(RandomCrop())
         elif kind is Augmentation.ROTATE:

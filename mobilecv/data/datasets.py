@@ -48,15 +48,17 @@ class Split(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ArrayData:
-    """One split as arrays: images uint8/float (N, H, W, C), integer labels (N,)."""
+    """One split as arrays: images uint8 (N, H, W, C) and labels: (N,) class ids for
+    classification, a dict of (N, ...) arrays for other tasks (see mobilecv.tasks)."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | dict[str, np.ndarray]
     classes: int
     name: str
+    provenance: str = ""  # e.g. "synthetic composition: ..." for generated scenes
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
 
 
 # --------------------------------------------------------------------------- sources
@@ -278,10 +280,14 @@ def to_dataset(
     augment: Callable | None = None,
     input_range: tuple[float, float] = UNIT_RANGE,
     seed: int = 0,
+    targets: Callable | None = None,
 ):
-    """Turn arrays into a batched tf.data pipeline of (image float32, label int64).
+    """Turn arrays into a batched tf.data pipeline of (image float32, labels).
 
-    Images are augmented in [0, 1], then mapped onto `input_range` (the model's).
+    Images are augmented in [0, 1], then mapped onto `input_range` (the model's). Labels
+    that are a dict (boxes, points, masks: tasks beyond classification) move with the
+    image (`augment.apply`). `targets` (a task's `keras_targets`, tf ops) turns labels into
+    what Keras fits: (targets) or (targets, sample weights) per element.
     """
     T = tf()
     ds = T.data.Dataset.from_tensor_slices((data.x, data.y))
@@ -294,11 +300,22 @@ def to_dataset(
     if augment is not None:
         # One call at a time: the augmentations draw from stateful random ops, and parallel
         # calls would take the draws in a racy order, so a seeded run would not repeat.
-        ds = ds.map(lambda x, y: (augment(x), y))
+        if isinstance(data.y, dict):
+            ds = ds.map(lambda x, y: augment.apply(x, y))
+        else:
+            ds = ds.map(lambda x, y: (augment(x), y))
     ds = ds.map(
         lambda x, y: (map_range(x, input_range, peak=1.0), y), num_parallel_calls=T.data.AUTOTUNE
     )
+    if targets is not None:
+        ds = ds.map(lambda x, y: (x, *_fit_pair(targets(y))), num_parallel_calls=T.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(T.data.AUTOTUNE)
+
+
+def _fit_pair(pair) -> tuple:
+    """(targets, weights) -> the tail of a Keras element: (targets,) or (targets, weights)."""
+    targets, weights = pair
+    return (targets,) if weights is None else (targets, weights)
 
 
 def load(

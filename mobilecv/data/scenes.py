@@ -59,6 +59,11 @@ _SPLIT_STREAM = {Split.TRAIN: 0, Split.VALIDATION: 1, Split.TEST: 2}
 _FASHION_TRAIN_FILE = 60_000  # images in train-images-idx3-ubyte (train + validation)
 
 
+class Paste(enum.StrEnum):
+    OBJECT = "object"
+    TILE = "tile"
+
+
 class ObjectSource(enum.StrEnum):
     """Where objects come from; each has its own disjoint train/validation/test split."""
 
@@ -104,6 +109,9 @@ class SceneConfig:
     warp: float = 0.0  # perspective: each corner moves up to this share of the box side
     max_iou: float = 0.3  # between the final boxes of any two objects of a scene
     min_visible: float = 0.6  # share of an object's pixels that later objects leave visible
+    # "object": the item's own pixels; "tile": its whole source square, background included,
+    # a dark card with the item on it, whose four corners are visible like a marker's.
+    paste: str = "object"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -116,6 +124,7 @@ class SceneConfig:
         put("sources", tuple(parse_choice(ObjectSource, s, "object source") for s in sources))
         names = (self.backgrounds,) if isinstance(self.backgrounds, str) else self.backgrounds
         put("backgrounds", tuple(parse_choice(Background, b, "background") for b in names))
+        put("paste", parse_choice(Paste, self.paste, "paste").value)
         self._check()
 
     def _check(self) -> None:
@@ -405,7 +414,10 @@ def _source_patch(rng, config: SceneConfig, pools: list[_Pool]):
 def _candidate(rng, config: SceneConfig, pools: list[_Pool]) -> _Placed | None:
     """One random placement of one random object, or None when the draw is unusable."""
     source, index, patch = _source_patch(rng, config, pools)
-    mask = _object_mask(patch, config.sources[source])
+    if config.paste == Paste.TILE:
+        mask = np.ones(patch.shape, dtype=bool)
+    else:
+        mask = _object_mask(patch, config.sources[source])
     if not mask.any():
         return None
     x0, y0, x1, y1 = _mask_box(mask)

@@ -1,0 +1,233 @@
+"""The task interface and its registry."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mobilecv.errors import InputError
+
+_TASKS: dict[str, Task] = {}
+# The modules that register the built-in tasks, imported on first use.
+_BUILTIN = ("classification", "localisation", "landmarks")
+
+
+class Task:
+    """One kind of problem. Subclasses set the class attributes and implement the methods.
+
+    Labels (``ArrayData.y``) are a (N,) integer array for classification and a dict of (N,
+    ...) arrays for every other task. Model outputs are a dict of named arrays; a model's
+    output layers carry those names, so a converted model's outputs are matched by name.
+    """
+
+    name: ClassVar[str]
+    outputs: ClassVar[tuple[str, ...]]  # the model's output names, in order
+    primary_metric: ClassVar[str]  # the figure sweeps, recipes and reports rank by
+    higher_is_better: ClassVar[bool] = True
+    agreement_metric: ClassVar[str]  # the converter's headline float-vs-converted figure
+    test_time: ClassVar[frozenset[str]] = frozenset()  # "multi_crop", "ensemble"
+    # How a horizontal mirror reorders labelled points (None: no points, or no reordering).
+    mirror_permutation: ClassVar[tuple[int, ...] | None] = None
+
+    # ------------------------------------------------------------------ model
+    def head(self, K, features: Mapping[str, Any], *, classes: int, **options) -> dict:
+        """Output tensors by name, attached to the backbone's feature maps."""
+        raise NotImplementedError
+
+    def compile(self, model, optimizer, **options) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------- data
+    def load(self, source: str, split: str, *, limit: int | None = None, scenes=None):
+        """One split as ArrayData with this task's labels. ``scenes`` overrides the task's
+        scene config when ``source`` is "scenes"."""
+        raise NotImplementedError
+
+    def keras_targets(self, y) -> tuple[Any, Any]:
+        """Labels -> (Keras targets, sample weights or None) for ``fit``/``evaluate``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ numpy
+    def decode(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, outputs: Mapping[str, np.ndarray], y) -> dict[str, float]:
+        """The task's metrics of raw model outputs against labels (numpy only)."""
+        raise NotImplementedError
+
+    def agreement(
+        self, reference: Mapping[str, np.ndarray], converted: Mapping[str, np.ndarray]
+    ) -> dict[str, float]:
+        """How closely a converted model's outputs follow the float model's."""
+        raise NotImplementedError
+
+    def paint(self, ax, decoded: Mapping[str, np.ndarray], y, i: int, size: float) -> None:
+        """Draw sample ``i``'s prediction (red) and label (green) on ``ax`` (pixels of a
+        ``size``-pixel image). Tasks without a picture leave it empty."""
+
+    def draw(self, data, outputs: Mapping[str, np.ndarray], path, title: str = "", count: int = 12):
+        """A grid of the first ``count`` samples of ``data`` with predictions and labels,
+        saved as a PNG (atomically); the title carries the data's provenance."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from mobilecv.fileio import atomic_path
+
+        decoded = self.decode(outputs)
+        n = min(count, len(data))
+        cols = min(n, 6)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+        for i, ax in enumerate(axes.ravel()):
+            ax.axis("off")
+            if i >= n:
+                continue
+            image = data.x[i]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+            self.paint(ax, decoded, data.y, i, float(image.shape[1]))
+        heading = "; ".join(t for t in (title, data.provenance[:110]) if t)
+        fig.suptitle(f"{heading}\nred: prediction, green: label", fontsize=8)
+        fig.tight_layout()
+        with atomic_path(path, force=True) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "outputs": list(self.outputs),
+            "primary_metric": self.primary_metric,
+            "higher_is_better": self.higher_is_better,
+            "agreement_metric": self.agreement_metric,
+            "test_time": sorted(self.test_time),
+        }
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if cls.name in _TASKS:
+        raise ValueError(f"task {cls.name!r} is already registered")
+    _TASKS[cls.name] = cls()
+    return cls
+
+
+def _ensure_loaded() -> None:
+    import importlib
+
+    for module in _BUILTIN:
+        importlib.import_module(f"mobilecv.tasks.{module}")
+
+
+def get_task(name: str | Task) -> Task:
+    if isinstance(name, Task):
+        return name
+    _ensure_loaded()
+    if name not in _TASKS:
+        close = difflib.get_close_matches(str(name), _TASKS, n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise InputError(f"unknown task {name!r}{hint}; tasks: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def list_tasks() -> list[str]:
+    _ensure_loaded()
+    return sorted(_TASKS)
+
+
+def as_outputs(model_outputs, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A model's outputs (dict, list or single array) as a dict in the task's names."""
+    if isinstance(model_outputs, Mapping):
+        missing = [n for n in names if n not in model_outputs]
+        if missing:
+            raise InputError(f"model outputs {sorted(model_outputs)} lack {missing}")
+        return {n: np.asarray(model_outputs[n]) for n in names}
+    values = model_outputs if isinstance(model_outputs, list | tuple) else [model_outputs]
+    if len(values) != len(names):
+        raise InputError(f"expected {len(names)} outputs ({', '.join(names)}), got {len(values)}")
+    return {n: np.asarray(v) for n, v in zip(names, values, strict=True)}
+
+
+def deepest(features: Mapping[str, Any]):
+    """The feature map with the largest stride."""
+    return features[max(features, key=lambda name: int(name.removeprefix("stride")))]
+
+
+def build_on_backbone(
+    task: Task,
+    *,
+    backbone: str,
+    keras,
+    width: float,
+    depth: float,
+    resolution: int,
+    input_channels: int,
+    classes: int,
+    name: str,
+    **head_options,
+):
+    """A task model: registered network ``backbone`` as feature maps, plus the task's head.
+
+    Width, depth and resolution scale the backbone as they scale every model; a knob the
+    backbone family cannot honour (e.g. depth for AlexNet) is an InputError naming it.
+    """
+    from mobilecv import registry
+    from mobilecv.features import backbone_from_trunk
+
+    entry = registry.get(backbone)
+    knobs = {"width": width, "resolution": resolution, "input_channels": input_channels}
+    if depth != 1.0:
+        knobs["depth"] = depth
+    unsupported = [k for k in knobs if k not in entry.supports]
+    if unsupported:
+        raise InputError(f"backbone {backbone} cannot honour {', '.join(map(repr, unsupported))}")
+    trunk = registry.build(backbone, include_top=False, keras=keras, **knobs)
+    features = backbone_from_trunk(trunk, keras=keras)
+    outputs = task.head(keras, features.output, classes=classes, **head_options)
+    return keras.Model(features.input, outputs, name=name)
+
+
+# ----------------------------------------------------------------------- scenes
+
+# Scenes per split when a task trains on generated scenes ("--data scenes").
+SCENE_COUNTS = {"train": 12_000, "validation": 1_500, "test": 3_000}
+
+
+def single_object_scenes(split: str, limit: int | None, config):
+    """Scenes with at most one object each (localisation, landmarks) and their per-scene
+    arrays: (scene set, has_object (N,), first object's row index (N,), -1 when empty)."""
+    from mobilecv.data.datasets import Split
+    from mobilecv.data.scenes import generate
+
+    split = Split(split)
+    if config.objects[1] > 1:
+        raise InputError(
+            f"this task takes one object a scene; the scene config asks {config.objects}"
+        )
+    count = SCENE_COUNTS[split.value] if limit is None else int(limit)
+    if count < 1:
+        raise InputError(f"limit must be >= 1, got {limit}")
+    scenes = generate(split, count, config)
+    has = np.diff(scenes.offsets) > 0
+    rows = np.where(has, scenes.offsets[:-1], -1)
+    return scenes, has, rows
+
+
+def scene_config(defaults, overrides: Mapping[str, Any] | None):
+    """A task's default SceneConfig with a recipe's or caller's overrides (unknown keys
+    are an InputError naming them)."""
+    import dataclasses
+
+    overrides = dict(overrides or {})
+    known = {f.name for f in dataclasses.fields(defaults)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(
+            f"unknown scene option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return dataclasses.replace(defaults, **overrides)
