@@ -76,43 +76,17 @@ def _cli(*args, cwd) -> str:
 def test_localiser_trains_prunes_qats_and_converts_to_int8_from_the_cli(tmp_path):
     """Each stage in its own process (the saved files are what the next stage reads):
     train, prune and QAT keeping the zeros (PQAT), convert to full int8."""
-    limit = ("--limit", 64, "--batch-size", 32, "--epochs", 1)
-    _cli("train", "localizer", "--data", "scenes", *limit, "--width", 0.25,
-         "--resolution", 32, "-o", "t", cwd=tmp_path)  # fmt: skip
-    report = json.loads(
-        _cli(
-            "compress",
-            "t/model.keras",
-            "--data",
-            "scenes",
-            "--prune",
-            0.5,
-            "--qat",
-            *limit,
-            "-o",
-            "q",
-            "--json",
-            cwd=tmp_path,
-        )  # fmt: skip
-    )
+    small = ["--data", "scenes", "--limit", 64, "--batch-size", 32, "--epochs", 1]
+    size = ["--width", 0.25, "--resolution", 32]
+    _cli("train", "localizer", *small, *size, "-o", "t", cwd=tmp_path)
+    compress = ["compress", "t/model.keras", *small, "--prune", 0.5, "--qat", "-o", "q"]
+    report = json.loads(_cli(*compress, "--json", cwd=tmp_path))
     stages = {stage["stage"]: stage for stage in report["stages"]}
     assert report["qat_scheme"] == "pqat" and stages["qat"]["sparsity"] >= 0.49
     assert "iou50" in stages["prune"]["val_metrics"] and "iou50" in stages["qat"]["val_metrics"]
+    int8 = ["--quantize", "int8", "--calibration", "scenes", "--samples", 32]
     converted = json.loads(
-        _cli(
-            "convert",
-            "q/model.h5",
-            "--quantize",
-            "int8",
-            "--calibration",
-            "scenes",
-            "--samples",
-            32,
-            "-o",
-            "q.tflite",
-            "--json",
-            cwd=tmp_path,
-        )  # fmt: skip
+        _cli("convert", "q/model.h5", *int8, "-o", "q.tflite", "--json", cwd=tmp_path)
     )
     assert converted["qat"] is True
     assert 0.0 <= converted["verification"]["agreement"]["box_iou"] <= 1.0
