@@ -63,7 +63,7 @@ def parse_args(argv):
     p.add_argument("--test-scenes", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak rate (cosine decay)")
-    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--qat-lr", type=float, default=2e-4)
     p.add_argument("--calibration-samples", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
@@ -316,6 +316,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
         return finish(json.loads(Path(args.render).read_text()), args)
+    from mobilecv.tasks import get_task
     from mobilecv.train import set_seed
 
     wall = time.perf_counter()
@@ -329,6 +330,7 @@ def main(argv=None) -> int:
         "config": {k: v for k, v in vars(args).items() if k not in ("json", "out", "render")},
         "model": MODEL,
         "augment": AUGMENT,
+        "loss_weights": dict(get_task("localisation").loss_weights),
         "machine": machine(),
         "training": {
             "train_samples": report.train_samples,
