@@ -57,14 +57,14 @@ QUICK = {"epochs": 2, "train_scenes": 1024, "val_scenes": 128, "test_scenes": 25
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a few minutes, to check the script")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--train-scenes", type=int, default=8000)
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--train-scenes", type=int, default=10000)
     p.add_argument("--val-scenes", type=int, default=500)
     p.add_argument("--test-scenes", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak rate (cosine decay)")
     p.add_argument("--qat-epochs", type=int, default=1)
-    p.add_argument("--qat-lr", type=float, default=2e-4)
+    p.add_argument("--qat-lr", type=float, default=2e-5)
     p.add_argument("--calibration-samples", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -244,7 +244,8 @@ def setting_text(result: dict) -> str:
     return (
         f"localizer (MobileNetV2 backbone, width {MODEL['width']}, {MODEL['resolution']} px, "
         f"{t['params']:,} parameters), {c['epochs']} epochs on {t['train_samples']:,} train "
-        f"scenes ({AUGMENT}, cosine from {c['lr']:g}), QAT {c['qat_epochs']} epochs; "
+        f"scenes ({AUGMENT}, cosine from {c['lr']:g}, loss weights {result['loss_weights']}), "
+        f"QAT {c['qat_epochs']} epoch(s) from {c['qat_lr']:g}; "
         f"tested on {result['test']['scenes']:,} TEST scenes "
         f"({result['test']['present_objects']:,} with an object). "
         f"Run time {result['wall_seconds'] / 60:.1f} min on {result['machine']['cpus']} "
