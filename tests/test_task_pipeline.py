@@ -66,8 +66,8 @@ def test_litert_outputs_are_matched_by_name(trained):
     float_model = convert(model, "none", verify=False, progress=False)
     got = TfliteModel(float_model.tflite).predict_outputs(x, task.outputs)
     want = model(x, training=False)
-    for name in task.outputs:
-        np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-5)
+    for name in task.outputs:  # a swap is off by ~0.1-0.5; LiteRT's float kernels by ~1e-5
+        np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4)
 
 
 def _device_folder(tmp_path: Path) -> Path:
