@@ -332,9 +332,33 @@ def shard_by_data(dataset):
     return dataset.with_options(options)
 
 
+def class_scores(model) -> int | None:
+    """How many classes the model scores (its task's "scores" output), None if it has none."""
+    if "scores" not in task_of(model).outputs:
+        return None
+    outputs = model.outputs
+    names = list(getattr(model, "output_names", None) or [])
+    if len(outputs) > 1 and "scores" not in names:
+        return None
+    scores = outputs[0] if len(outputs) == 1 else outputs[names.index("scores")]
+    return int(scores.shape[-1])
+
+
+def check_class_count(model, data: ArrayData) -> None:
+    """Labels beyond the model's class scores fail deep inside the loss ("label value
+    outside the valid range"), several calls away: say so in one line first."""
+    scores = class_scores(model)
+    if scores is not None and data.classes and scores < data.classes:
+        raise InputError(
+            f"{model.name} scores {scores} classes but {data.name} has {data.classes}: "
+            f"build it with classes={data.classes}"
+        )
+
+
 def dataset_for(model, data: ArrayData, batch_size: int, **options):
     """`data` as `model` takes it: its resolution, channels and declared input range, and
     labels other than class ids turned into the model's task targets."""
+    check_class_count(model, data)
     resolution, channels = model_input_spec(model)
     targets = task_of(model).keras_targets if isinstance(data.y, dict) else None
     return to_dataset(

@@ -23,8 +23,9 @@ from mobilecv.train import train
 
 # One model per task beyond classification, at a tiny size.
 TASK_MODELS = {
-    # 4 classes: the class scores have the box's shape, so outputs must match by name.
-    "localisation": ("localizer", {"classes": 4}),
+    # Scenes hold 10 classes (test_localisation.py matches a 4-class localiser's box and
+    # class scores, of equal shape, by name).
+    "localisation": ("localizer", {"classes": 10}),
     "landmarks": ("landmarker", {}),
 }
 TINY = {"width": 0.25, "resolution": 48, "input_channels": 3}
@@ -65,8 +66,8 @@ def test_litert_outputs_are_matched_by_name(trained):
     float_model = convert(model, "none", verify=False, progress=False)
     got = TfliteModel(float_model.tflite).predict_outputs(x, task.outputs)
     want = model(x, training=False)
-    for name in task.outputs:
-        np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-5)
+    for name in task.outputs:  # a swap is off by ~0.1-0.5; LiteRT's float kernels by ~1e-5
+        np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4)
 
 
 def _device_folder(tmp_path: Path) -> Path:

@@ -295,6 +295,10 @@ def quantize(model, scheme: str | QuantScheme = QuantScheme.DEFAULT):
             quantized = api.quantize_apply(annotated, _scheme(scheme))
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"{TECHNIQUE}: {str(exc).splitlines()[0]}") from exc
+    # tfmot names each wrapper "quant_<layer>", and tf_keras names the outputs (the
+    # SavedModel's and so the .tflite's signature, matched by name downstream) after
+    # their layers: keep the source's names ("presence", "box", "scores").
+    quantized.output_names = list(source.output_names)
     # Remembered (untracked by Keras) so save() can write a rebuildable copy: a CQAT
     # model's config names the plain quantizers, so it cannot be reloaded from .h5 alone.
     object.__setattr__(quantized, "_mobilecv_qat_source", (source, scheme.value))
