@@ -172,3 +172,41 @@ def marker_sizes(corners: np.ndarray) -> np.ndarray:
     """(N, 4, 2) corners -> (N,) the square root of each bounding box's area."""
     span = np.asarray(corners).max(axis=1) - np.asarray(corners).min(axis=1)
     return np.sqrt(span[:, 0] * span[:, 1])
+
+
+def recentred(data, margin: tuple[float, float] = (0.2, 0.4), seed: int = 0):
+    """Scenes cut the way `marker_crops` cuts the photo: each scene's object, at the middle
+    of a 3 x 3 mosaic of scenes (its eight neighbours drawn from the others), is cropped
+    around its four corners with a margin drawn from ``margin`` and resampled to the
+    scene's size. The photo's crops hold parts of neighbouring markers; these hold parts of
+    neighbouring tiles, so a model learns to find the centred one."""
+    from mobilecv.data.datasets import ArrayData
+
+    rng = np.random.default_rng(seed)
+    count, size = len(data.x), data.x.shape[1]
+    images = np.empty_like(data.x)
+    points = np.asarray(data.y["points"], np.float64) * size + size  # mosaic pixels
+    fractions = np.empty_like(points)
+    for i in range(count):
+        others = rng.choice(count - 1, 8) if count > 1 else np.zeros(8, int)
+        cells = [data.x[j] for j in others + (others >= i)]
+        cells.insert(4, data.x[i])
+        mosaic = np.concatenate([np.concatenate(cells[r : r + 3], 1) for r in (0, 3, 6)], 0)
+        box = crop_boxes(points[i : i + 1, :RING], rng.uniform(*margin))
+        fractions[i] = to_crop(points[i : i + 1], box)[0]
+        channels = [crop(mosaic[..., c], box[0], size) for c in range(mosaic.shape[-1])]
+        images[i] = np.stack(channels, axis=-1)
+    corners = fractions[:, :RING]
+    y = {
+        **data.y,
+        "points": fractions.astype(np.float32),
+        "box": np.c_[corners.min(axis=1), corners.max(axis=1)].astype(np.float32),
+    }
+    return ArrayData(
+        x=images,
+        y=y,
+        classes=data.classes,
+        name=data.name,
+        provenance=f"{data.provenance}; recentred: each object cropped with a margin of "
+        f"{margin[0]:g}-{margin[1]:g} from a 3x3 mosaic of scenes",
+    )
