@@ -107,6 +107,9 @@ class SceneConfig:
     flip: bool = True  # horizontal, for sources where a mirror image keeps the class
     rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
     warp: float = 0.0  # perspective: each corner moves up to this share of the box side
+    # A plane seen at a slant: after its rotation the object is squashed along a random
+    # direction to between (1 - tilt) and 1 of its size there (a marker on a table).
+    tilt: float = 0.0
     max_iou: float = 0.3  # between the final boxes of any two objects of a scene
     min_visible: float = 0.6  # share of an object's pixels that later objects leave visible
     # "object": the item's own pixels; "tile": its whole source square, background included,
@@ -147,6 +150,8 @@ class SceneConfig:
             problems.append(f"rotation must be in [0, 45] degrees, got {self.rotation}")
         if not 0.0 <= self.warp <= 0.25:
             problems.append(f"warp must be in [0, 0.25], got {self.warp}")
+        if not 0.0 <= self.tilt <= 0.75:
+            problems.append(f"tilt must be in [0, 0.75], got {self.tilt}")
         if not 0.0 <= self.max_iou <= 1.0 or not 0.0 <= self.min_visible <= 1.0:
             problems.append("max_iou and min_visible must be in [0, 1]")
         if problems:
@@ -428,6 +433,8 @@ def _candidate(rng, config: SceneConfig, pools: list[_Pool]) -> _Placed | None:
     angle = np.deg2rad(rng.uniform(-config.rotation, config.rotation))
     rotate = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     quad = ((corners - centre) * zoom) @ rotate.T
+    if config.tilt > 0:  # drawn only then, so configs without tilt keep their scenes
+        quad = quad @ _squash(rng, config.tilt).T
     quad += rng.uniform(-1.0, 1.0, (4, 2)) * config.warp * extent * zoom
     room = config.size - (quad.max(axis=0) - quad.min(axis=0))
     if (room < 0).any() or not _convex(quad):
@@ -442,6 +449,14 @@ def _candidate(rng, config: SceneConfig, pools: list[_Pool]) -> _Placed | None:
         return None
     points = np.vstack([quad, _apply(matrix, centre[None])])
     return _Placed(window, warped, pixels, points, source, index, int(warped.sum()))
+
+
+def _squash(rng, tilt: float) -> np.ndarray:
+    """A 2x2 map shrinking one random direction to a share in [1 - tilt, 1] of itself."""
+    direction = rng.uniform(0.0, np.pi)
+    axis = np.array([np.cos(direction), np.sin(direction)])
+    keep = rng.uniform(1.0 - tilt, 1.0)
+    return np.eye(2) - (1.0 - keep) * np.outer(axis, axis)
 
 
 def _accept(candidate: _Placed, placed: list[_Placed], owner: np.ndarray, config: SceneConfig):

@@ -13,12 +13,14 @@ Labels (``ArrayData.y``): ``points`` (N, K, 2) x, y fractions; ``visible`` (N, K
 
 from __future__ import annotations
 
+import enum
 from types import ModuleType
 
 import numpy as np
 
 from mobilecv import postprocess
-from mobilecv.layers import pooled_grid_features
+from mobilecv.errors import parse_choice
+from mobilecv.layers import adaptive_avg_pool, pooled_grid_features
 from mobilecv.registry import register_model
 from mobilecv.tasks.base import (
     Task,
@@ -45,6 +47,75 @@ def default_scenes():
     )
 
 
+class PointHead(enum.StrEnum):
+    GRID = "grid"  # a Dense regression from pooled-grid features of the deepest map
+    HEATMAP = "heatmap"  # a score map per point, read by its expectation (soft-argmax)
+
+
+HEATMAP_STRIDE = 8  # the finest feature map a heatmap head reads
+# Score maps are area-resampled to this many cells a side (stride 8 at the default 96 px),
+# so the fixed expectation weights, like every parameter count, do not depend on resolution.
+HEATMAP_GRID = 12
+
+
+def heatmap_points(K, features, points: int, channels: int = 64):
+    """Integral regression (Sun et al., "Integral Human Pose Regression", 2018; DSNT).
+
+    One score map per point at stride 8, fed top-down from the deeper maps (a small FPN,
+    so each cell sees the whole object) and resampled to a fixed grid; a softmax over its
+    cells weighs the cell centres, and the point is their weighted mean. The maps are
+    translation-equivariant, so the head does not learn every position anew as a Dense
+    regression does, and the expectation gives sub-cell positions. Standard layers only
+    (TFLite and int8 convert them): the expectation is a fixed, untrained Dense.
+    """
+    x = None
+    for name in _top_down_levels(features):
+        lateral = K.layers.Conv2D(channels, 1, name=f"lmk_{name}_lateral")(features[name])
+        if x is not None:
+            x = _upsample_to(K, x, lateral, f"lmk_{name}")
+            lateral = K.layers.Add(name=f"lmk_{name}_merge")([x, lateral])
+        x = lateral
+    x = K.layers.ReLU(name="lmk_merge_relu")(x)
+    refine = K.layers.SeparableConv2D(
+        channels, 3, padding="same", activation="relu", name="lmk_refine"
+    )
+    scores = K.layers.Conv2D(points, 1, name="lmk_heatmaps")(refine(x))
+    scores = adaptive_avg_pool(K, scores, HEATMAP_GRID, 2, "lmk_heatmap_grid")
+    height, width = int(scores.shape[1]), int(scores.shape[2])
+    scores = K.layers.Reshape((height * width, points), name="lmk_cells")(scores)
+    scores = K.layers.Permute((2, 1), name="lmk_per_point")(scores)
+    weights = K.layers.Softmax(axis=-1, name="lmk_softmax")(scores)
+    centres = K.initializers.Constant(_cell_centres(height, width))
+    expect = K.layers.Dense(
+        2, use_bias=False, trainable=False, kernel_initializer=centres, name="lmk_expectation"
+    )
+    return K.layers.Flatten(name="points")(expect(weights))
+
+
+def _top_down_levels(features) -> list[str]:
+    """Feature-map names from the deepest to stride 8 (or the finest map, if coarser)."""
+    stride = {name: int(name.removeprefix("stride")) for name in features}
+    levels = [name for name in features if stride[name] >= HEATMAP_STRIDE]
+    return sorted(levels or [min(features, key=stride.get)], key=stride.get, reverse=True)
+
+
+def _cell_centres(height: int, width: int) -> np.ndarray:
+    """(H * W, 2) x, y of every cell centre as fractions of the image, row-major."""
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([(cols.ravel() + 0.5) / width, (rows.ravel() + 0.5) / height], -1)
+
+
+def _upsample_to(K, x, like, prefix: str):
+    """Nearest 2x upsampling of ``x`` cropped to ``like``'s size (stride-2 SAME convs give
+    ceil(n / 2) cells, so twice the coarser map is the finer one or one cell more)."""
+    x = K.layers.UpSampling2D(2, name=f"{prefix}_up")(x)
+    extra_h = int(x.shape[1]) - int(like.shape[1])
+    extra_w = int(x.shape[2]) - int(like.shape[2])
+    if extra_h or extra_w:
+        x = K.layers.Cropping2D(((0, extra_h), (0, extra_w)), name=f"{prefix}_crop")(x)
+    return x
+
+
 def masked_squared_error(K):
     """Squared error over the coordinates whose target is not NaN (NaN = not visible)."""
     from mobilecv._tf import tf
@@ -68,7 +139,9 @@ class Landmarks(Task):
     agreement_metric = "point_error"
 
     def head(self, K, features, *, classes: int, points: int = DEFAULT_POINTS, hidden: int = 128,
-             dropout: float = 0.0):  # fmt: skip
+             dropout: float = 0.0, head: str = "grid"):  # fmt: skip
+        if parse_choice(PointHead, head, "landmark head") is PointHead.HEATMAP:
+            return {"points": heatmap_points(K, features, points, channels=hidden // 2)}
         x = pooled_grid_features(K, deepest(features), "lmk", hidden=hidden, dropout=dropout)
         return {"points": K.layers.Dense(2 * points, activation="sigmoid", name="points")(x)}
 
@@ -155,8 +228,11 @@ def landmarker(
     backbone: str = "mobilenet_v2",
     points: int = DEFAULT_POINTS,
     hidden: int = 128,
+    head: str = "grid",
 ):
-    """Any registered backbone with a point-regression head (``points`` x, y pairs)."""
+    """Any registered backbone with a point-regression head (``points`` x, y pairs):
+    ``head="grid"`` regresses them with a Dense layer, ``"heatmap"`` reads them off score
+    maps (`heatmap_points`)."""
     return build_on_backbone(
         get_task("landmarks"),
         backbone=backbone,
@@ -169,4 +245,5 @@ def landmarker(
         name=f"landmarker_{backbone}_{width:g}_{resolution}",
         points=points,
         hidden=hidden,
+        head=head,
     )
