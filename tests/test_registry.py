@@ -13,6 +13,7 @@ import mobilecv
 from mobilecv import arch
 from mobilecv.profiling import profile
 from mobilecv.registry import register_model, resolve
+from mobilecv.tasks.base import as_outputs, get_task
 
 ALL = mobilecv.list_models()
 
@@ -21,10 +22,16 @@ ALL = mobilecv.list_models()
 def test_every_model_builds_tiny_and_runs(name):
     knobs = tiny_knobs(name)
     model = mobilecv.build(name, **knobs)
+    task = get_task(mobilecv.registry.get(name).task)
     x = np.random.rand(2, *model.input_shape[1:]).astype("float32")
-    y = model(x, training=False).numpy()
-    assert y.shape == (2, knobs["classes"])
-    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-4)
+    outputs = as_outputs(model(x, training=False), task.outputs)
+    assert list(outputs) == list(task.outputs)
+    for value in outputs.values():
+        assert len(value) == 2 and np.isfinite(value).all()
+    if task.name == "classification":
+        y = outputs["scores"]
+        assert y.shape == (2, knobs["classes"])
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ALL)
