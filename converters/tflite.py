@@ -288,12 +288,16 @@ def _samples(
 
 
 def _task_images(calibration, model, count: int):
-    """A data source named for a task beyond classification ("scenes") is read by the
-    model's task, which owns its representative data; anything else goes to the loaders."""
+    """A data source only a task can read ("scenes") is read by the model's task, which
+    owns its representative data. Calibration needs images, not labels, so a dataset the
+    loaders know (fashion_mnist, a folder, a .npy) calibrates a model of any task."""
+    from mobilecv.calibration import CALIBRATION_SOURCES
     from mobilecv.train import task_of
 
+    if not isinstance(calibration, str) or calibration in CALIBRATION_SOURCES:
+        return calibration
     task = task_of(model)
-    if not isinstance(calibration, str) or task.name == "classification":
+    if task.name == "classification" or Path(calibration).exists():
         return calibration
     return task.load(calibration, "train", limit=count).x
 

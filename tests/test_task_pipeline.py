@@ -109,3 +109,21 @@ def test_decode_takes_a_classifiers_single_output_whatever_its_name():
     assert decoded["classes"].tolist() == [[1]]
     with pytest.raises(ValueError, match="presence"):
         postprocess.decode("localisation", {"box": np.zeros((1, 4))})
+
+
+@pytest.mark.parametrize("name", sorted(TASK_MODELS))
+def test_a_task_model_calibrates_on_plain_images_or_its_tasks_own_data(name):
+    # Calibration needs images only: fashion_mnist (no boxes, no points) calibrates a
+    # localiser; "scenes" is read by the task; a source neither knows is one clear error.
+    from mobilecv.calibration import load_samples
+    from mobilecv.converters.tflite import _task_images
+    from mobilecv.errors import InputError
+
+    model_name, knobs = TASK_MODELS[name]
+    model = mobilecv.build(model_name, **TINY, **knobs)
+    shape = (TINY["resolution"], TINY["resolution"], 3)
+    for source in ("fashion_mnist", "scenes"):
+        images = load_samples(_task_images(source, model, 4), 4, shape)
+        assert images.shape == (4, *shape) and images.std() > 0, source
+    with pytest.raises(InputError, match="no_such_source"):
+        load_samples(_task_images("no_such_source", model, 4), 4, shape)
