@@ -159,7 +159,8 @@ def deepest(features: Mapping[str, Any]):
 
 
 def build_on_backbone(
-    task: Task,
+    task: str,
+    model: str,
     *,
     backbone: str,
     keras,
@@ -167,11 +168,12 @@ def build_on_backbone(
     depth: float,
     resolution: int,
     input_channels: int,
-    classes: int,
-    name: str,
+    classes: int = 0,
     **head_options,
 ):
-    """A task model: registered network ``backbone`` as feature maps, plus the task's head.
+    """Registered model ``model`` of ``task``: network ``backbone`` as feature maps, plus
+    the task's head built with ``head_options``. A task model's builder passes its own
+    keyword arguments here (``**locals()``), so its signature stays the list of options.
 
     Width, depth and resolution scale the backbone as they scale every model; a knob the
     backbone family cannot honour (e.g. depth for AlexNet) is an InputError naming it.
@@ -188,8 +190,8 @@ def build_on_backbone(
         raise InputError(f"backbone {backbone} cannot honour {', '.join(map(repr, unsupported))}")
     trunk = registry.build(backbone, include_top=False, keras=keras, **knobs)
     features = backbone_from_trunk(trunk, keras=keras)
-    outputs = task.head(keras, features.output, classes=classes, **head_options)
-    return keras.Model(features.input, outputs, name=name)
+    outputs = get_task(task).head(keras, features.output, classes=classes, **head_options)
+    return keras.Model(features.input, outputs, name=f"{model}_{backbone}_{width:g}_{resolution}")
 
 
 # ----------------------------------------------------------------------- scenes

@@ -26,7 +26,6 @@ from mobilecv.tasks.base import (
     Task,
     build_on_backbone,
     deepest,
-    get_task,
     register_task,
     scene_config,
     single_object_scenes,
@@ -233,17 +232,4 @@ def landmarker(
     """Any registered backbone with a point-regression head (``points`` x, y pairs):
     ``head="grid"`` regresses them with a Dense layer, ``"heatmap"`` reads them off score
     maps (`heatmap_points`)."""
-    return build_on_backbone(
-        get_task("landmarks"),
-        backbone=backbone,
-        keras=keras,
-        width=width,
-        depth=depth,
-        resolution=resolution,
-        input_channels=input_channels,
-        classes=0,
-        name=f"landmarker_{backbone}_{width:g}_{resolution}",
-        points=points,
-        hidden=hidden,
-        head=head,
-    )
+    return build_on_backbone("landmarks", "landmarker", **locals())

@@ -26,7 +26,6 @@ from mobilecv.tasks.base import (
     Task,
     build_on_backbone,
     deepest,
-    get_task,
     register_task,
     scene_config,
     single_object_scenes,
@@ -190,16 +189,4 @@ def localizer(
     dropout: float = 0.2,
 ):
     """Any registered backbone with the course's localisation head (Pc, box, classes)."""
-    return build_on_backbone(
-        get_task("localisation"),
-        backbone=backbone,
-        keras=keras,
-        width=width,
-        depth=depth,
-        resolution=resolution,
-        input_channels=input_channels,
-        classes=classes,
-        name=f"localizer_{backbone}_{width:g}_{resolution}",
-        hidden=hidden,
-        dropout=dropout,
-    )
+    return build_on_backbone("localisation", "localizer", **locals())
