@@ -406,3 +406,29 @@ def test_unique_count_ignores_round_off_but_not_real_values():
         [kernel.reshape(3, 10), kernel.reshape(3, 10) * 2], axis=-1
     )  # 2 channels
     assert unique_count(per_channel) == 6 and unique_per_channel(per_channel) == 3
+
+
+def test_qat_ranges_start_from_the_data_not_tfmots_six():
+    # tfmot starts activation ranges at [-6, 6] (EMA decay 0.999): a short QAT fine-tune
+    # kept a sigmoid box output on ~25 levels. calibrate_ranges sets them from data and
+    # leaves every other variable (BatchNorm statistics, kernels) as it was.
+    import mobilecv
+    from mobilecv.data.datasets import model_inputs
+    from mobilecv.tasks import get_task
+    from mobilecv.train import train
+
+    model = mobilecv.build("localizer", width=0.35, resolution=48, input_channels=3, classes=10)
+    model, _ = train(model, "scenes", 1, limit=64, batch_size=32, progress=False)
+    images = get_task("localisation").load("scenes", "validation", limit=96).x
+    x = model_inputs(images[:32], model)
+    q = Q.quantize(model)
+    others = {v.name: v.numpy() for v in q.variables if not Q._is_range(v)}
+    drift_before = np.abs(q(x)["box"].numpy() - model(x)["box"].numpy()).mean()
+    Q.calibrate_ranges(q, images, batch_size=32, batches=3)
+    drift_after = np.abs(q(x)["box"].numpy() - model(x)["box"].numpy()).mean()
+    (box_max,) = [v for v in q.variables if v.name == "quant_box/pre_activation_max:0"]
+    assert 0 < float(box_max.numpy()) < 5  # the box logits' own range, not 6
+    assert drift_after < drift_before / 2, (drift_before, drift_after)
+    for v in q.variables:
+        if v.name in others:
+            np.testing.assert_array_equal(v.numpy(), others[v.name], err_msg=v.name)

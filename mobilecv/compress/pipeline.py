@@ -214,6 +214,7 @@ def compress(
         else:
             scheme = qat_mod.QuantScheme.DEFAULT
         model = qat_mod.quantize(model, scheme)
+        qat_mod.calibrate_ranges(model, splits.train.x)
         fit(
             model,
             splits,
