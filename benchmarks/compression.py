@@ -41,26 +41,18 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import _common as common
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import mobilecv  # noqa: E402
-from mobilecv.fileio import atomic_path, write_json, write_text  # noqa: E402
+import mobilecv
+from mobilecv.fileio import write_text
 
 MODEL = {"name": "mobilenet_v2", "width": 0.5, "resolution": 32, "classes": 10, "input_channels": 1}
-README_BEGIN = "<!-- compression:begin -->"
-README_END = "<!-- compression:end -->"
 
 # Fine-tunes, each from the trained float weights: compress() keyword arguments.
 FINETUNES = {
@@ -126,7 +118,7 @@ def parse_args(argv):
     )
     p.add_argument("--runs", type=int, default=100, help="timed LiteRT runs per model")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"), help="output directory")
+    p.add_argument("--out", default=str(common.OUT), help="output directory")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -168,10 +160,6 @@ def parse_args(argv):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def build(**overrides):
@@ -313,7 +301,9 @@ def train_float(args, splits):
     from mobilecv.train import train
 
     model = build()
-    log(f"== training {MODEL['name']} on {len(splits.train)} images for {args.epochs} epochs")
+    common.log(
+        f"== training {MODEL['name']} on {len(splits.train)} images for {args.epochs} epochs"
+    )
     model, report = train(
         model,
         splits,
@@ -344,7 +334,9 @@ def load_float(folder: Path):
     except (OSError, ValueError, TypeError) as exc:
         raise SystemExit(f"error: --float-from {folder}: {exc}") from None
     model = fresh_from(weights)
-    log(f"== reusing float weights from {folder} ({report.epochs} epochs, {report.seconds:.0f} s)")
+    common.log(
+        f"== reusing float weights from {folder} ({report.epochs} epochs, {report.seconds:.0f} s)"
+    )
     return model, report
 
 
@@ -412,7 +404,7 @@ def sparse_inference(args, weights, pruned80_weights, x, y, workdir: Path, dense
             "runtime": res.verification.runtime if res.verification else None,
             "notes": res.notes,
         }
-        log(f"   {label}: {row['latency_p50_ms']:.3f} ms, sparse={row['sparse_encoding']}")
+        common.log(f"   {label}: {row['latency_p50_ms']:.3f} ms, sparse={row['sparse_encoding']}")
         return row
 
     rows = [
@@ -658,12 +650,7 @@ def sparse_finding(sp: dict) -> str:
 
 
 def write_plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = common.pyplot().subplots(figsize=(7, 4.5))
     for row in result["rows"]:
         ax.scatter(row["tflite_bytes"] / 1024, 100 * row["top1"], marker="o", color="tab:blue")
         ax.scatter(row["gzip_bytes"] / 1024, 100 * row["top1"], marker="x", color="tab:orange")
@@ -679,20 +666,7 @@ def write_plot(result: dict, path: Path) -> None:
     ax.set_title(f"MobileNetV2 0.5, 32 px, Fashion-MNIST: accuracy vs size{quick}")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-def update_readme(md: str, readme: Path) -> bool:
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        log(f"README markers not found in {readme}; section not written")
-        return False
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    write_text(readme, f"{head}{README_BEGIN}\n{md}{README_END}{tail}", force=True)
-    return True
+    common.save_png(fig, path, dpi=120)
 
 
 # --------------------------------------------------------------------------- main
@@ -727,7 +701,7 @@ def main(argv=None) -> int:
     if args.weights_dir:
         save_float(Path(args.weights_dir), weights, train_report)
     keras_test = evaluate(model, test)["accuracy"]
-    log(
+    common.log(
         f"== trained in {train_report.seconds:.0f} s; val top-1 {train_report.val_accuracy:.4f}, "
         f"Keras test top-1 {keras_test:.4f}"
     )
@@ -739,7 +713,7 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         for name, key, convert_kwargs in ROWS:
             stages.note(name)
-            log(f"== {name}")
+            common.log(f"== {name}")
             info = None
             source = model
             if key is not None:
@@ -769,14 +743,14 @@ def main(argv=None) -> int:
                     row["sparse_encoded"] = sparse_encoded(source, args, convert_kwargs)
             row["seconds"] = round(time.perf_counter() - started, 1)
             rows[name] = row
-            log(
+            common.log(
                 f"   top-1 {row['top1']:.4f}, {row['tflite_bytes']:,} B, gzip {row['gzip_bytes']:,} B, "
                 f"p50 {row['latency_p50_ms']:.3f} ms, {row['seconds']:.0f} s"
                 + (f" (+ fine-tune {info['seconds']:.0f} s)" if info else "")
                 + (f"; notes: {res.notes}" if res.notes else "")
             )
             stages.update()
-        log("== sparse inference")
+        common.log("== sparse inference")
         try:
             pruned80_weights = tuned["prune80"][0].get_weights()
             sparse = sparse_inference(
@@ -784,24 +758,18 @@ def main(argv=None) -> int:
             )
             sparse["finding"] = sparse_finding(sparse)
         except Exception as exc:  # keep the main table even if the side experiment fails
-            log(f"sparse-inference experiment failed: {exc!r}")
+            common.log(f"sparse-inference experiment failed: {exc!r}")
             sparse = {"rows": [], "finding": f"sparse-inference experiment failed: {exc!r}"}
 
     float_top1 = rows["float32"]["top1"]
     for row in rows.values():
         row["drop_points"] = round(100 * (float_top1 - row["top1"]), 2)
     result = {
-        "config": {
-            k: v
-            for k, v in vars(args).items()
-            if k not in ("json", "out", "no_readme", "render", "weights_dir", "float_from")
-        },
+        "config": common.run_config(
+            args, ("json", "out", "no_readme", "render", "weights_dir", "float_from")
+        ),
         "model": MODEL,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        },
+        "machine": {k: v for k, v in common.machine().items() if k in ("cpus", "platform", "date")},
         "training": {
             "epochs": train_report.epochs,
             "batch_size": train_report.batch_size,
@@ -825,15 +793,12 @@ def main(argv=None) -> int:
 def finish(result: dict, args) -> int:
     """Write JSON, Markdown, PNG (and the README section), then print the table."""
     quick = result["config"]["quick"]
-    stem = "compression_quick" if quick else "compression"
-    out_dir = Path(args.out)
+    stem = common.output_stem("compression", quick)
     md = markdown(result)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / f"{stem}.json", result, force=True)
-    write_text(out_dir / f"{stem}.md", md, force=True)
-    write_plot(result, out_dir / f"{stem}.png")
+    common.write_result(args.out, stem, result, md)
+    write_plot(result, Path(args.out) / f"{stem}.png")
     if not args.no_readme:
-        update_readme(md, ROOT / "README.md")
+        common.update_readme("compression", md)
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -846,7 +811,7 @@ def finish(result: dict, args) -> int:
         )
         print("\n".join(table_lines(result)))
         for tgt in result["targets"]:
-            print(f"{'PASS' if tgt['pass'] else 'MISS'}  {tgt['target']}: {tgt['measured']}")
+            print(common.target_line(tgt))
         breakdown = breakdown_text(result)
         if breakdown:
             print(breakdown)

@@ -7,10 +7,14 @@
 3. Pixel-1 profile vs the published TF-slim MobileNetV2 float latencies on a Pixel 1
    CPU: calibrate the fp32 MAC rate on ONE point (1.0/224 = 73.8 ms), predict the rest.
 
-    .venv/bin/python benchmarks/estimate_accuracy.py [--quick]
+    .venv/bin/python benchmarks/estimate_accuracy.py [--quick] [--only PART] [--out DIR]
 
 Models are built with keras.applications / mobilecv, converted once and cached in
 ~/.cache/mobilecv/bench_models. The first run takes a few minutes.
+
+Writes DIR/estimate_accuracy.json atomically (with the machine: CPU model, versions,
+date). A partial run never replaces the full result: --quick adds `_quick` to the name,
+--only PART adds `_PART`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 
+import _common as common
 import numpy as np
 
 from mobilecv.bench import devices, estimate, micro
@@ -34,9 +40,10 @@ PIXEL1_PUBLISHED = {  # TF-slim MobileNetV2 README, float, Pixel 1 CPU (ms)
     (0.35, 96): 4.5,
 }
 CALIBRATION_POINT = (1.0, 224)
+PACKAGES = ("tensorflow", "tf_keras", "keras", "ai-edge-litert", "tflite-micro", "numpy")
 
 
-def planner_vs_tflm() -> None:
+def planner_vs_tflm() -> dict:
     print("== 1. arena planner vs TFLite Micro (int8) ==")
     cases = {
         "tiny_r48_w16_b3": lambda: tiny_mobilenet(48, 3, 16, 3, seed=3),
@@ -52,28 +59,43 @@ def planner_vs_tflm() -> None:
     print(
         f"{'model':<18} {'plan head':>10} {'TFLM head':>10} {'err':>7}   {'est total':>10} {'TFLM total':>10} {'err':>7}  min arena  (search probes TFLM crashed on)"
     )
-    errs = []
+    errs, rows = [], []
     for name, build in cases.items():
         path = cached_model(name, build, "int8")
         g = load(path)
         real = micro.run(path)
         if not real.get("ok"):
             print(f"{name:<18} TFLM failed: {real.get('error')}")
+            rows.append({"model": name, "error": real.get("error")})
             continue
         head = estimate.plan_arena(g).peak_bytes
         total = head + estimate.tflm_persistent_bytes(g)
         e_head = (head - real["arena_head_bytes"]) / real["arena_head_bytes"]
         e_total = (total - real["arena_bytes"]) / real["arena_bytes"]
         errs.append(abs(e_total))
+        rows.append(
+            {
+                "model": name,
+                "planned_head_bytes": int(head),
+                "tflm_head_bytes": real["arena_head_bytes"],
+                "head_error": float(e_head),
+                "estimated_total_bytes": int(total),
+                "tflm_total_bytes": real["arena_bytes"],
+                "total_error": float(e_total),
+                "tflm_min_arena_bytes": real.get("min_arena_bytes"),
+                "search_probes_crashed": real.get("search_probes_crashed", 0),
+            }
+        )
         print(
             f"{name:<18} {head:>10} {real['arena_head_bytes']:>10} {e_head:>+7.1%}   "
             f"{total:>10} {real['arena_bytes']:>10} {e_total:>+7.1%}  {real.get('min_arena_bytes'):>9}  "
             f"({real.get('search_probes_crashed', 0)})"
         )
     print(f"max |error| of the total arena: {max(errs):.1%} (target <= 10%)\n")
+    return {"rows": rows, "max_abs_total_error": float(max(errs)), "target": 0.10}
 
 
-def host_latency(quick: bool) -> None:
+def host_latency(quick: bool) -> dict:
     print("== 2. host latency: estimate (calibrated host profile) vs measured p50, 1 thread ==")
     host = devices.get("host")
     cases = [
@@ -90,7 +112,7 @@ def host_latency(quick: bool) -> None:
         cases = cases[:6]
     cores = (min(os.sched_getaffinity(0)),) if hasattr(os, "sched_getaffinity") else ()
     print(f"{'model':<24} {'MACs':>11} {'measured':>10} {'estimate':>10} {'error':>7}")
-    errs = []
+    errs, rows = [], []
     for name, build, q in cases:
         path = cached_model(name, build, q)
         g = load(path)
@@ -108,11 +130,21 @@ def host_latency(quick: bool) -> None:
         err = (est - meas) / meas
         errs.append(abs(err))
         label = f"{name}_{'fp32' if q == 'none' else q}"
+        rows.append(
+            {
+                "model": label,
+                "macs": int(g.macs),
+                "measured_p50_ms": float(meas),
+                "estimated_ms": float(est),
+                "error": float(err),
+            }
+        )
         print(f"{label:<24} {g.macs:>11,} {meas:>9.3f}m {est:>9.3f}m {err:>+7.1%}")
     print(f"MAPE over {len(errs)} models: {np.mean(errs):.1%} (target <= 25%)\n")
+    return {"rows": rows, "mape": float(np.mean(errs)), "target": 0.25}
 
 
-def pixel1() -> None:
+def pixel1() -> dict:
     print("== 3. pixel1 profile vs published MobileNetV2 float latencies (Pixel 1 CPU) ==")
     base = devices.get("pixel1")
     graphs = {}
@@ -140,17 +172,35 @@ def pixel1() -> None:
         f"calibrated fp32 rate on {CALIBRATION_POINT}: {rate:.3g} MAC/s (profile has {base.macs_per_s['fp32']:.3g})"
     )
     print(f"{'model':<14} {'MACs':>12} {'published':>10} {'predicted':>10} {'error':>7}")
-    errs = []
+    errs, rows = [], []
     for key, published in PIXEL1_PUBLISHED.items():
         pred = predict(rate, key)
         err = (pred - published) / published
         tag = " (calibration point)" if key == CALIBRATION_POINT else ""
         if key != CALIBRATION_POINT:
             errs.append(abs(err))
+        rows.append(
+            {
+                "width": key[0],
+                "resolution": key[1],
+                "macs": int(graphs[key].macs),
+                "published_ms": published,
+                "predicted_ms": float(pred),
+                "error": float(err),
+                "calibration_point": key == CALIBRATION_POINT,
+            }
+        )
         print(
             f"{key[0]:>4}/{key[1]:<9} {graphs[key].macs:>12,} {published:>9.1f}m {pred:>9.1f}m {err:>+7.1%}{tag}"
         )
     print(f"mean |error| on the 3 predicted points: {np.mean(errs):.1%}\n")
+    return {
+        "calibration_point": list(CALIBRATION_POINT),
+        "calibrated_fp32_macs_per_s": float(rate),
+        "profile_fp32_macs_per_s": float(base.macs_per_s["fp32"]),
+        "rows": rows,
+        "mean_abs_error_predicted": float(np.mean(errs)),
+    }
 
 
 def main() -> int:
@@ -159,13 +209,19 @@ def main() -> int:
     )
     p.add_argument("--quick", action="store_true", help="6 host models instead of 8")
     p.add_argument("--only", choices=["planner", "host", "pixel1"], default=None)
+    p.add_argument("--out", default=str(common.OUT), help="output directory")
     a = p.parse_args()
+    wall = time.perf_counter()
+    result = {"config": common.run_config(a, ("out",)), "machine": common.machine(PACKAGES)}
     if a.only in (None, "planner"):
-        planner_vs_tflm()
+        result["planner"] = planner_vs_tflm()
     if a.only in (None, "host"):
-        host_latency(a.quick)
+        result["host"] = host_latency(a.quick)
     if a.only in (None, "pixel1"):
-        pixel1()
+        result["pixel1"] = pixel1()
+    result["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    name = common.output_stem("estimate_accuracy", a.quick) + (f"_{a.only}" if a.only else "")
+    common.write_result(a.out, name, result)
     return 0
 
 

@@ -5,23 +5,30 @@ For each model, run our child-process harness (ondevice.py) and `litert-benchmar
 them three times on the same core, and print the ratio of their p50s (target: within
 10%) plus the harness's own timing-loop overhead per inference.
 
-    .venv/bin/python benchmarks/harness_vs_litert.py
+    .venv/bin/python benchmarks/harness_vs_litert.py [--out DIR]
+
+Writes DIR/harness_vs_litert.json atomically (with the machine: CPU model, versions, date).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import _common as common
 
 from mobilecv.bench.harness import RunConfig, measure
 from mobilecv.bench.samples import cached_model, mobilenet_v2, tiny_mobilenet
 
 RUNS, WARMUP, REPEATS = 100, 10, 3
+PACKAGES = ("tensorflow", "tf_keras", "keras", "ai-edge-litert", "numpy")
 
 
 def litert_cli() -> list[str]:
@@ -43,7 +50,11 @@ def run_litert(path: Path, core: int) -> float:
         return json.loads(out.read_text())["latency"]["median_ms"]
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=str(common.OUT), help="output directory")
+    args = p.parse_args(argv)
+    wall = time.perf_counter()
     core = min(os.sched_getaffinity(0))
     cases = [
         ("mnv2_0.35_r96", lambda: mobilenet_v2(0.35, 96), "none"),
@@ -58,7 +69,7 @@ def main() -> int:
     print(
         f"{'model':<22} {'harness p50':>12} {'litert p50':>11} {'ratio':>7} {'loop overhead':>14}"
     )
-    ratios = []
+    ratios, rows = [], []
     for name, build, q in cases:
         path = cached_model(name, build, q)
         ours, theirs, overhead = [], [], []
@@ -73,6 +84,15 @@ def main() -> int:
         ratios.append(o / t)
         label = f"{name}_{'fp32' if q == 'none' else q}"
         ov = min(overhead)
+        rows.append(
+            {
+                "model": label,
+                "harness_p50_ms": o,
+                "litert_p50_ms": t,
+                "ratio": o / t,
+                "loop_overhead_us": ov,
+            }
+        )
         print(
             f"{label:<22} {o:>10.3f}ms {t:>9.3f}ms {o / t:>7.3f} {ov:>8.2f} us ({ov / 1000 / o:.3%})"
         )
@@ -81,6 +101,15 @@ def main() -> int:
     print(
         "litert-benchmark reports milliseconds rounded to 0.01, so sub-ms models carry rounding error."
     )
+    result = {
+        "config": {"threads": 1, "core": core, "runs": RUNS, "warmup": WARMUP, "repeats": REPEATS},
+        "machine": common.machine(PACKAGES),
+        "rows": rows,
+        "worst_abs_ratio_error": worst,
+        "target": 0.10,
+        "wall_seconds": round(time.perf_counter() - wall, 1),
+    }
+    common.write_result(args.out, "harness_vs_litert", result)
     return 0
 
 

@@ -23,21 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-from importlib import metadata
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import _common as common
 
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import mobilecv  # noqa: E402
-from mobilecv.fileio import write_json  # noqa: E402
+import mobilecv
 
 MODEL = {
     "name": "efficientnet_lite0",
@@ -67,7 +58,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"), help="output directory")
+    p.add_argument("--out", default=str(common.OUT), help="output directory")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = 2 if args.quick else 5
@@ -77,20 +68,6 @@ def parse_args(argv):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def build_for(contract: str):
@@ -124,7 +101,7 @@ def run_row(contract: str, args, splits, test) -> dict:
         schedule="cosine",
         progress=False,
     )
-    log(f"   trained in {report.seconds:.0f} s, val top-1 {report.val_accuracy:.4f}")
+    common.log(f"   trained in {report.seconds:.0f} s, val top-1 {report.val_accuracy:.4f}")
     float_top1 = evaluate(model, test)["accuracy"]
     result = convert(
         model,
@@ -167,7 +144,6 @@ def table_lines(result: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mobilecv.bench.calibrate import _cpu_model as cpu_model
     from mobilecv.data.datasets import Split, load_arrays
     from mobilecv.train import load_splits
 
@@ -176,15 +152,15 @@ def main(argv=None) -> int:
     test = load_arrays("fashion_mnist", Split.TEST, limit=args.test_limit)
     rows = []
     for contract in CONTRACTS:
-        log(f"== {contract}")
+        common.log(f"== {contract}")
         rows.append(run_row(contract, args, splits, test))
         r = rows[-1]
-        log(
+        common.log(
             f"   float {r['float_top1']:.4f}, int8 {r['int8_top1']:.4f}, stem levels {r['stem_int8_levels']}"
         )
     fixed = rows[0]
     result = {
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "out")},
+        "config": common.run_config(args, ("json", "out")),
         "model": MODEL,
         "data": {
             "dataset": "fashion_mnist",
@@ -192,13 +168,7 @@ def main(argv=None) -> int:
             "val_samples": len(splits.validation),
             "test_samples": len(test),
         },
-        "machine": {
-            "cpu": cpu_model(),  # /proc/cpuinfo's model name
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "versions": versions(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        },
+        "machine": common.machine(PACKAGES),
         "rows": rows,
         "target": {
             "target": f"int8 drop <= {TARGET_DROP_POINTS} points (fixed contract)",
@@ -207,13 +177,7 @@ def main(argv=None) -> int:
         },
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / ("input_contract_quick.json" if args.quick else "input_contract.json"),
-        result,
-        force=True,
-    )
+    common.write_result(args.out, common.output_stem("input_contract", args.quick), result)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -223,8 +187,7 @@ def main(argv=None) -> int:
         f"{result['wall_seconds'] / 60:.1f} min" + (" [QUICK]" if args.quick else "")
     )
     print("\n".join(table_lines(result)))
-    t = result["target"]
-    print(f"{'PASS' if t['pass'] else 'MISS'}  {t['target']}: {t['measured']}")
+    print(common.target_line(result["target"]))
     return 0
 
 

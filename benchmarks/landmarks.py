@@ -32,23 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import _common as common
+import numpy as np
 
-import numpy as np  # noqa: E402
+import mobilecv
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import mobilecv  # noqa: E402
-from mobilecv.fileio import atomic_path, write_json, write_text  # noqa: E402
-
-README_BEGIN = "<!-- landmarks:begin -->"
-README_END = "<!-- landmarks:end -->"
 # The task's default scenes (tiles, scale 0.45-0.85, rotation 30, warp 0.2), in grey like
 # the photo, with a slant: the photo's markers lie on a table, squashed to about half.
 SCENES = {"channels": 1, "tilt": 0.6}
@@ -80,7 +72,7 @@ def parse_args(argv):
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    p.add_argument("--out", default=str(common.OUT))
     args = p.parse_args(argv)
     defaults = {"train": (7000, 1500), "test": (1000, 300), "epochs": (8, 3)}
     defaults["qat_epochs"] = (1, 1)
@@ -88,10 +80,6 @@ def parse_args(argv):
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
     return args
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -200,11 +188,11 @@ def predictors(model, qat, calibration: np.ndarray, workdir: Path):
 
     rows = {ROWS[0]: (keras_fn(model), {})}
     for row, source, mode in ((ROWS[1], model, "none"), (ROWS[2], model, "int8")):
-        log(f"   converting {row}")
+        common.log(f"   converting {row}")
         data, summary = to_tflite(source, mode, calibration)
         rows[row] = (litert_fn(data, mode), summary)
     if qat is not None:
-        log(f"   converting {ROWS[3]}")
+        common.log(f"   converting {ROWS[3]}")
         data, summary = to_tflite(qat, "int8", calibration)
         rows[ROWS[3]] = (litert_fn(data, "qat_int8"), summary)
     return rows
@@ -242,7 +230,7 @@ def marker_errors(points: np.ndarray, crops) -> dict:
 def score_rows(rows: dict, test_x, test, crop_x, crops) -> dict:
     scores = {}
     for row, (predict, summary) in rows.items():
-        log(f"   scoring {row}")
+        common.log(f"   scoring {row}")
         scores[row] = {
             "scenes_nme": scene_nme(predict(test_x), test),
             "apriltag": marker_errors(predict(crop_x), crops),
@@ -308,12 +296,7 @@ def markdown(result: dict) -> str:
 
 
 def write_photo_plot(result: dict, crops, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9.6, 7.2))
+    fig, ax = common.pyplot().subplots(figsize=(9.6, 7.2))
     ax.imshow(crops.image, cmap="gray")
     styles = {ROWS[0]: ("red", "o"), ROWS[2]: ("deepskyblue", "+")}
     styles[ROWS[3]] = ("orange", "x")
@@ -335,19 +318,7 @@ def write_photo_plot(result: dict, crops, path: Path) -> None:
     ax.set_title("AprilTag photo: predicted vs true corners (the model never saw it)", fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
-def update_readme(md: str, readme: Path) -> None:
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        log(f"README markers not found in {readme}; section not written")
-        return
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    write_text(readme, f"{head}{README_BEGIN}\n{md}{README_END}{tail}", force=True)
+    common.save_png(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------- main
@@ -356,19 +327,18 @@ def update_readme(md: str, readme: Path) -> None:
 def main(argv=None) -> int:
     import tempfile
 
-    from benchmarks.sliding_windows import machine
     from mobilecv.data.datasets import model_inputs
     from mobilecv.data.markers import apriltag_crops, marker_sizes
 
     args = parse_args(argv)
     wall = time.perf_counter()
-    log("scenes")
+    common.log("scenes")
     splits, test = scene_splits(args)
-    log(f"training float ({args.epochs} epochs on {len(splits.train)} scenes)")
+    common.log(f"training float ({args.epochs} epochs on {len(splits.train)} scenes)")
     model, report, augment = train_float(args, splits)
     qat = None
     if args.qat_epochs > 0:
-        log(f"QAT ({args.qat_epochs} epochs)")
+        common.log(f"QAT ({args.qat_epochs} epochs)")
         qat, _ = qat_model(args, model, splits, augment)
     crops = apriltag_crops(args.resolution, args.margin)
     calibration = model_inputs(splits.train.x[:200], model)
@@ -377,10 +347,11 @@ def main(argv=None) -> int:
         rows = predictors(model, qat, calibration, Path(tmp))
         scores = score_rows(rows, test_x, test, crop_x, crops)
     result = {
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "out", "no_readme")},
+        "config": common.run_config(args, ("json", "out", "no_readme")),
         "scenes": SCENES,
         "provenance": test.provenance,
-        "machine": machine(),  # CPU model, versions, date: as sliding_windows records them
+        # CPU model, versions, date: as sliding_windows records them
+        "machine": common.machine(common.LITERT_PACKAGES, python_apart=True, load_average=True),
         "training": {
             "epochs": report.epochs,
             "train_samples": report.train_samples,
@@ -404,7 +375,7 @@ def main(argv=None) -> int:
 def finish(result: dict, args, model, test, crops) -> int:
     from mobilecv.tasks import get_task
 
-    stem = "landmarks_quick" if args.quick else "landmarks"
+    stem = common.output_stem("landmarks", args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(result)
@@ -415,10 +386,9 @@ def finish(result: dict, args, model, test, crops) -> int:
     )
     for row in result["rows"].values():
         del row["test_points"]
-    write_json(out / f"{stem}.json", result, force=True)
-    write_text(out / f"{stem}.md", md, force=True)
+    common.write_result(out, stem, result, md)
     if not args.quick and not args.no_readme:
-        update_readme(md, ROOT / "README.md")
+        common.update_readme("landmarks", md)
     print(json.dumps(result, indent=2) if args.json else md)
     return 0
 

@@ -27,25 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import _common as common
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import mobilecv  # noqa: E402
-from mobilecv.fileio import write_json, write_text  # noqa: E402
+import mobilecv
 
 MODEL = {"name": "localizer", "width": 0.5, "resolution": 96, "classes": 10, "input_channels": 3}
 AUGMENT = "mirror,crop"
-README_BEGIN = "<!-- localisation:begin -->"
-README_END = "<!-- localisation:end -->"
 PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "ai-edge-litert")
 FLOAT_IOU50 = 0.90  # the issue's float target
 INT8_POINTS = 2.0  # the largest int8 drop on iou50, in points
@@ -68,7 +59,7 @@ def parse_args(argv):
     p.add_argument("--calibration-samples", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    p.add_argument("--out", default=str(common.OUT))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
     p.add_argument("--render", metavar="JSON", help="only re-print and re-write from a result")
     args = p.parse_args(argv)
@@ -76,28 +67,6 @@ def parse_args(argv):
         for key, value in QUICK.items():
             setattr(args, key, value)
     return args
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    from mobilecv.bench.calibrate import _cpu_model
-
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return {
-        "cpu": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "versions": found,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
 
 
 # --------------------------------------------------------------------------- stages
@@ -126,7 +95,7 @@ def train_float(args, splits):
     from mobilecv.train import train
 
     model = build()
-    log(f"== training on {len(splits.train)} scenes for {args.epochs} epochs")
+    common.log(f"== training on {len(splits.train)} scenes for {args.epochs} epochs")
     return train(
         model,
         splits,
@@ -145,7 +114,7 @@ def qat_finetune(args, splits, weights):
 
     model = build()
     model.set_weights(weights)
-    log(f"== QAT fine-tune, {args.qat_epochs} epochs")
+    common.log(f"== QAT fine-tune, {args.qat_epochs} epochs")
     start = time.perf_counter()
     model, report = compress(
         model,
@@ -187,13 +156,13 @@ def measure(args, model, splits, test, out_dir: Path, stem: str):
     rows["Keras float32"] = {"metrics": task.score(keras_outputs, test.y)}
     pictures["float"] = (keras_outputs, "Keras float32")
     for name, quantize in (("LiteRT float32", "none"), ("int8 PTQ", "int8")):
-        log(f"== {name}")
+        common.log(f"== {name}")
         scores, outputs, summary = litert_row(model, quantize, calibration, x, test, task)
         rows[name] = {"metrics": scores, "conversion": summary}
         if quantize == "int8":
             pictures["int8"] = (outputs, "int8 PTQ")
     qat_model, qat_info = qat_finetune(args, splits, model.get_weights())
-    log("== QAT int8")
+    common.log("== QAT int8")
     scores, outputs, summary = litert_row(qat_model, "int8", calibration, x, test, task)
     rows["QAT int8"] = {"metrics": scores, "conversion": summary, "finetune": qat_info}
     paths = {}
@@ -253,6 +222,18 @@ def setting_text(result: dict) -> str:
     )
 
 
+def shown_path(path: str) -> Path:
+    """A picture's path from the checkout's root; one a run in another checkout (or
+    worktree) wrote keeps its path from that checkout's `benchmarks` folder."""
+    path = Path(path)
+    if path.is_relative_to(common.ROOT):
+        return path.relative_to(common.ROOT)
+    parts = path.parts
+    if "benchmarks" in parts:
+        return Path(*parts[len(parts) - 1 - parts[::-1].index("benchmarks") :])
+    return path
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"Measured by `benchmarks/localisation.py` on {result['machine']['date']}. "
@@ -272,32 +253,17 @@ def markdown(result: dict) -> str:
     lines.append("")
     for tgt in result["targets"]:
         lines.append(f"- {'PASS' if tgt['pass'] else 'MISS'} {tgt['target']}: {tgt['measured']}")
-    pictures = ", ".join(f"`{Path(p).relative_to(ROOT)}`" for p in result["pictures"].values())
+    pictures = ", ".join(f"`{shown_path(p)}`" for p in result["pictures"].values())
     lines += ["", f"Predictions on test scenes: {pictures}.", ""]
     return "\n".join(lines)
 
 
-def update_readme(md: str, readme: Path) -> bool:
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        log(f"README markers not found in {readme}; section not written")
-        return False
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    write_text(readme, f"{head}{README_BEGIN}\n{md}{README_END}{tail}", force=True)
-    return True
-
-
 def finish(result: dict, args) -> int:
     quick = result["config"]["quick"]
-    stem = "localisation_quick" if quick else "localisation"
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(result)
-    write_json(out_dir / f"{stem}.json", result, force=True)
-    write_text(out_dir / f"{stem}.md", md, force=True)
+    common.write_result(args.out, common.output_stem("localisation", quick), result, md)
     if not (args.no_readme or quick):
-        update_readme(md, ROOT / "README.md")
+        common.update_readme("localisation", md)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -305,7 +271,7 @@ def finish(result: dict, args) -> int:
     print(f"Data: {result['test']['provenance']}")
     print("\n".join(table_lines(result)))
     for tgt in result["targets"]:
-        print(f"{'PASS' if tgt['pass'] else 'MISS'}  {tgt['target']}: {tgt['measured']}")
+        print(common.target_line(tgt))
     print("pictures: " + ", ".join(result["pictures"].values()))
     return 0
 
@@ -322,17 +288,18 @@ def main(argv=None) -> int:
 
     wall = time.perf_counter()
     set_seed(args.seed)
-    stem = "localisation_quick" if args.quick else "localisation"
     splits, test = scenes(args)
     model, report = train_float(args, splits)
-    log(f"== trained in {report.seconds:.0f} s; validation {report.val_metrics}")
-    rows, pictures = measure(args, model, splits, test, Path(args.out), stem)
+    common.log(f"== trained in {report.seconds:.0f} s; validation {report.val_metrics}")
+    rows, pictures = measure(
+        args, model, splits, test, Path(args.out), common.output_stem("localisation", args.quick)
+    )
     result = {
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "out", "render")},
+        "config": common.run_config(args, ("json", "out", "render")),
         "model": MODEL,
         "augment": AUGMENT,
         "loss_weights": dict(get_task("localisation").loss_weights),
-        "machine": machine(),
+        "machine": common.machine(PACKAGES),
         "training": {
             "train_samples": report.train_samples,
             "val_samples": report.val_samples,

@@ -6,9 +6,10 @@ resnet34 from mobilecv's registry at a small width on the real Fashion-MNIST set
 package `dataset-fashion-mnist`: `apt-get install dataset-fashion-mnist`, files under
 /usr/share/datasets/fashion-mnist) and records training and validation error per epoch.
 
-Usage: python benchmarks/plain_vs_residual.py [--width 0.25] [--epochs 4] [--train 6000]
-           [-o benchmarks/out/plain_vs_residual]
-Writes <out>.png (training error per epoch, four curves) and <out>.json.
+Usage: python benchmarks/plain_vs_residual.py [--quick] [--width 0.25] [--epochs 4]
+           [--train 6000] [-o benchmarks/out/plain_vs_residual]
+Writes <out>.png (training error per epoch, four curves) and <out>.json; --quick (a few
+minutes, to check the script end to end) writes <out>_quick.png and <out>_quick.json.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import _common as common
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import mobilecv  # noqa: E402
-from mobilecv.data.datasets import load_arrays, to_dataset  # noqa: E402
-from mobilecv.fileio import atomic_path, write_json  # noqa: E402
+import mobilecv
+from mobilecv.data.datasets import load_arrays, to_dataset
+from mobilecv.fileio import check_writable, write_json
 
 NETS = ("plain18", "plain34", "resnet18", "resnet34")
+# The quick form: minutes, to check the script end to end (its figures mean little).
+QUICK = {"epochs": 3, "train": 3000, "val": 1000}
 
 
 def train_one(name, args, train, val):
@@ -55,6 +57,7 @@ def train_one(name, args, train, val):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a few minutes, to check the script")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--train", type=int, default=6000, help="training images (of 54,000)")
@@ -65,22 +68,23 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--out", default="benchmarks/out/plain_vs_residual")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    out = common.output_stem(args.out, args.quick)
+    for path in (out + ".json", out + ".png"):  # refuse before training, not after
+        check_writable(path, args.force)
     train = load_arrays("fashion_mnist", "train", limit=args.train)
     val = load_arrays("fashion_mnist", "validation", limit=args.val)
     results = {}
     for name in NETS:
-        print(f"== {name}", file=sys.stderr)
+        common.log(f"== {name}")
         results[name] = train_one(name, args, train, val)
     report = {"config": vars(args), "dataset": "fashion_mnist", "results": results}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    write_json(args.out + ".json", report, force=args.force)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    write_json(out + ".json", report, force=args.force)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = common.pyplot().subplots(figsize=(6, 4))
     epochs = np.arange(1, args.epochs + 1)
     for name, style in zip(NETS, ("--", "-", "--", "-"), strict=True):
         color = "tab:red" if name.startswith("plain") else "tab:blue"
@@ -89,11 +93,11 @@ def main(argv=None) -> int:
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("training error (%)")
-    ax.set_title(f"Fashion-MNIST, width {args.width}, {args.train} images")
+    quick = " (quick run)" if args.quick else ""
+    ax.set_title(f"Fashion-MNIST, width {args.width}, {args.train} images{quick}")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(args.out + ".png", args.force) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    common.save_png(fig, out + ".png", force=args.force, dpi=120)
     for name in NETS:
         r = results[name]
         print(

@@ -29,21 +29,14 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import _common as common
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import mobilecv  # noqa: E402
-from mobilecv.fileio import write_json  # noqa: E402
+import mobilecv
 
 # model name -> image sizes to slide over (the first is the smallest the brief asks for)
 SIZES = {"course": (28, 64, 128), "lenet5": (64, 128)}
@@ -59,15 +52,11 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2, help="untimed repeats first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    p.add_argument("--out", default=str(common.OUT))
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 5 if args.quick else 51
     return args
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- models
@@ -93,7 +82,7 @@ def convert(model, mode: str, rng) -> bytes:
         model, quantize=mode, calibration=rows, samples=CALIBRATION_ROWS, progress=False
     )
     if result.notes:
-        log(f"   {model.name} {mode}: {'; '.join(result.notes)}")
+        common.log(f"   {model.name} {mode}: {'; '.join(result.notes)}")
     return result.tflite
 
 
@@ -204,7 +193,7 @@ def measure_row(model, name: str, size: int, window_tflite: dict, args, rng) -> 
         row["pinned_core"] = core
         row["check"][mode] = agreement(conv, loop, batch, keras_grid, cost.grid)
         medians = {way: round(t["median"], 3) for way, t in row["latency_ms"][mode].items()}
-        log(f"   {name} {size}px {mode}: median ms {medians}; {row['check'][mode]}")
+        common.log(f"   {name} {size}px {mode}: median ms {medians}; {row['check'][mode]}")
     return row
 
 
@@ -224,33 +213,6 @@ def agreement(conv, loop, batch, keras_grid, grid) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> dict:
-    import ai_edge_litert
-    import keras
-    import tensorflow as tf
-    import tf_keras
-
-    from mobilecv.bench.calibrate import _cpu_model
-
-    return {
-        "cpu": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {
-            "tensorflow": tf.__version__,
-            "tf_keras": tf_keras.__version__,
-            "keras": keras.__version__,
-            "ai_edge_litert": ai_edge_litert.__version__,
-            "numpy": np.__version__,
-        },
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        # other processes share the cores: the ratios are measured side by side, the
-        # absolute times depend on this
-        "load_average_1_5_15_min": [round(v, 2) for v in os.getloadavg()],
-    }
 
 
 WAYS = ("naive_loop", "naive_batched", "convolutional")
@@ -291,12 +253,12 @@ def main(argv=None) -> int:
     models = window_models(args.seed)
     rows = []
     for name, model in models.items():
-        log(f"== {name}")
+        common.log(f"== {name}")
         window_tflite = {mode: convert(model, mode, rng) for mode in MODES}
         for size in SIZES[name]:
             rows.append(measure_row(model, name, size, window_tflite, args, rng))
     result = {
-        "config": {k: v for k, v in vars(args).items() if k not in ("json", "out")},
+        "config": common.run_config(args, ("json", "out")),
         "ways": {
             "naive_loop": "window model, batch 1, one invoke per crop from a Python loop",
             "naive_batched": "window model resized to a batch of all crops, one invoke",
@@ -304,12 +266,13 @@ def main(argv=None) -> int:
         },
         "timing": "LiteRT 1 thread, one pinned core, ways interleaved in every repeat; "
         "milliseconds per way: median (the table), min and max over the repeats",
-        "machine": machine(),
+        # other processes share the cores: the ratios are measured side by side, the
+        # absolute times depend on the load
+        "machine": common.machine(common.LITERT_PACKAGES, python_apart=True, load_average=True),
         "rows": rows,
         "wall_seconds": round(time.perf_counter() - wall, 1),
     }
-    stem = "sliding_windows_quick" if args.quick else "sliding_windows"
-    write_json(Path(args.out) / f"{stem}.json", result, force=True)
+    common.write_result(args.out, common.output_stem("sliding_windows", args.quick), result)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -1,0 +1,128 @@
+"""What the benchmark scripts share: paths, logging, the machine block, their outputs.
+
+Run a script as `python benchmarks/<name>.py`: its folder is then first on sys.path, so
+`import _common` finds this file. Importing it quiets TensorFlow's C++ log (before
+anything imports TensorFlow) and puts the repository root first on sys.path, so the
+scripts use this checkout's mobilecv.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"  # where the scripts write by default
+README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT))
+
+# The runtime versions that sliding_windows.py (and landmarks.py) record.
+LITERT_PACKAGES = ("tensorflow", "tf_keras", "keras", "ai_edge_litert", "numpy")
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr (stdout carries the result)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def package_versions(packages: Iterable[str]) -> dict[str, str]:
+    """Python's version, then each installed distribution's ("not installed" if absent)."""
+    found = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def machine(
+    packages: Iterable[str] = (), *, python_apart: bool = False, load_average: bool = False
+) -> dict:
+    """Where a result was measured: CPU model, core count, platform, versions, UTC date.
+
+    python_apart: Python's version as its own key beside "versions" (not inside it).
+    load_average: also the 1/5/15-minute load (other processes share the cores).
+    """
+    from mobilecv.bench.calibrate import _cpu_model
+
+    versions = package_versions(packages)
+    found = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    if python_apart:
+        found["python"] = versions.pop("python")
+    found["versions"] = versions
+    found["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if load_average:
+        found["load_average_1_5_15_min"] = [round(v, 2) for v in os.getloadavg()]
+    return found
+
+
+def run_config(args, omit: Iterable[str]) -> dict:
+    """The run's arguments for its result, without those that only say where to write."""
+    omit = set(omit)
+    return {k: v for k, v in vars(args).items() if k not in omit}
+
+
+def output_stem(name: str, quick: bool) -> str:
+    """Output file stem: a --quick run writes beside the full result, never over it."""
+    return f"{name}_quick" if quick else name
+
+
+def write_result(
+    out_dir: str | os.PathLike, name: str, result: dict, md: str | None = None
+) -> Path:
+    """Write `name`.json (and `name`.md if given) into `out_dir`, atomically; the JSON path."""
+    from mobilecv.fileio import write_json, write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = write_json(out_dir / f"{name}.json", result, force=True)
+    if md is not None:
+        write_text(out_dir / f"{name}.md", md, force=True)
+    return path
+
+
+def update_readme(section: str, md: str, readme: Path = README) -> bool:
+    """Replace the README text between `<!-- section:begin -->` and `<!-- section:end -->`."""
+    from mobilecv.fileio import write_text
+
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        log(f"README markers not found in {readme}; section not written")
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    write_text(readme, f"{head}{begin}\n{md}{end}{tail}", force=True)
+    return True
+
+
+def target_line(target: dict) -> str:
+    """One checked target as the scripts print it: PASS/MISS, what, measured."""
+    return f"{'PASS' if target['pass'] else 'MISS'}  {target['target']}: {target['measured']}"
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | os.PathLike, *, force: bool = True, **savefig) -> None:
+    """Save a figure as PNG atomically, then close it."""
+    from mobilecv.fileio import atomic_path
+
+    with atomic_path(path, force=force) as tmp:
+        fig.savefig(tmp, format="png", **savefig)
+    pyplot().close(fig)
