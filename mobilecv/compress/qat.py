@@ -13,6 +13,9 @@ layers an EfficientNet needs:
   int8 output and leaves CONV_2D in float. `split_fused_activations` rewrites such
   layers into linear layer + `Activation`, which tfmot quantises on both sides.
   relu6 fused into a conv is split for the same reason (tfmot rejects it there).
+
+And tfmot starts every activation range at [-6, 6]; `calibrate_ranges` starts them from
+data before the fine-tune (a regressed box needs them: see its docstring).
 """
 
 from __future__ import annotations
