@@ -1,10 +1,11 @@
 """Regenerate mobilecv/zoo.json and the README model-zoo table from real builds.
 
-Usage: python scripts/gen_zoo.py [--check]
+Usage: python scripts/gen_zoo.py (or `make zoo`); tests/test_zoo.py checks the result.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     names = mobilecv.list_models()
     rows = []
     with Progress("zoo", len(names), "model") as bar:
