@@ -93,18 +93,21 @@ class ModelInfo:
     """The metadata mobilecv keeps with a model (JSON in files).
 
     `source` records where the model came from (registry name and resolved knobs) for
-    provenance; `task` is persisted for the task layer and not interpreted yet.
+    provenance; `task` names the model's registered task, and `task_options` what that
+    task needs to read the outputs (a detector's anchors), for every runtime that decodes.
     """
 
     input_range: tuple[float, float] = UNIT_RANGE
     task: str = "classification"
     source: dict = field(default_factory=dict)
+    task_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_range", parse_range(self.input_range))
         if not isinstance(self.task, str) or not self.task:
             raise InputError(f"task must be a non-empty string; got {self.task!r}")
         object.__setattr__(self, "source", dict(self.source or {}))
+        object.__setattr__(self, "task_options", dict(self.task_options or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +115,7 @@ class ModelInfo:
             "input_range": list(self.input_range),
             "task": self.task,
             "source": self.source,
+            **({"task_options": self.task_options} if self.task_options else {}),
         }
 
     def to_json(self) -> str:
@@ -126,6 +130,7 @@ class ModelInfo:
             input_range=data["input_range"],
             task=data.get("task", "classification"),
             source=data.get("source") or {},
+            task_options=data.get("task_options") or {},
         )
 
     @classmethod

@@ -203,5 +203,12 @@ def build(
 
         load_weights(model, weights)
     source = {"model": name, **knobs, **({"weights": str(weights)} if weights else {})}
-    info = ModelInfo(input_range=knobs["input_range"].bounds, task=entry.task, source=source)
+    from mobilecv.tasks import get_task
+
+    info = ModelInfo(
+        input_range=knobs["input_range"].bounds,
+        task=entry.task,
+        source=source,
+        task_options=get_task(entry.task).options_of(kwargs),
+    )
     return set_info(model, info)

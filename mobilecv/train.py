@@ -134,9 +134,9 @@ def make_optimizer(K, name: str | Optimizer, learning_rate: float, decay_steps: 
 def task_of(model):
     """The registered task whose outputs `model` gives (its info; classification if none)."""
     from mobilecv.modelinfo import get_info
-    from mobilecv.tasks import get_task
+    from mobilecv.tasks.base import task_for
 
-    return get_task(get_info(model).task)
+    return task_for(get_info(model), model)
 
 
 def compile_for_task(

@@ -12,7 +12,7 @@ from mobilecv.errors import InputError
 
 _TASKS: dict[str, Task] = {}
 # The modules that register the built-in tasks, imported on first use.
-_BUILTIN = ("classification", "localisation", "landmarks")
+_BUILTIN = ("classification", "localisation", "landmarks", "detection")
 
 
 class Task:
@@ -33,6 +33,17 @@ class Task:
     mirror_permutation: ClassVar[tuple[int, ...] | None] = None
 
     # ------------------------------------------------------------------ model
+    def options_of(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
+        """What this task needs, beyond the outputs, to read a model built with the builder
+        keyword arguments ``knobs`` (a detector's anchors). Stored with the model as
+        ``ModelInfo.task_options``; must be JSON."""
+        return {}
+
+    def bind(self, options: Mapping[str, Any], model=None) -> Task:
+        """This task for one model: ``options`` are its ``ModelInfo.task_options``; the
+        Keras ``model`` itself, when there is one, for what only its graph tells."""
+        return self
+
     def head(self, K, features: Mapping[str, Any], *, classes: int, **options) -> dict:
         """Output tensors by name, attached to the backbone's feature maps."""
         raise NotImplementedError
@@ -122,6 +133,12 @@ def _ensure_loaded() -> None:
 
     for module in _BUILTIN:
         importlib.import_module(f"mobilecv.tasks.{module}")
+
+
+def task_for(info, model=None) -> Task:
+    """The registered task of a model's ModelInfo, bound to the model's task options (and
+    to the Keras ``model``, when there is one)."""
+    return get_task(info.task).bind(info.task_options, model)
 
 
 def get_task(name: str | Task) -> Task:
