@@ -56,6 +56,54 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou(np.asarray(a)[:, None, :], np.asarray(b)[None, :, :])
 
 
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float = 0.5,
+    max_detections: int | None = None,
+) -> np.ndarray:
+    """Greedy non-max suppression (the course's): indices of the kept boxes, best first.
+
+    Take the highest-scoring box, drop every remaining box whose IoU with it is
+    >= ``iou_threshold``, repeat. ``boxes`` (K, 4) corners, ``scores`` (K,).
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    limit = len(scores) if max_detections is None else int(max_detections)
+    # Stable sort: equal scores keep input order, so results are reproducible.
+    remaining = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while remaining.size and len(keep) < limit:
+        best, rest = remaining[0], remaining[1:]
+        keep.append(int(best))
+        # One row of IoUs per kept box, not a K x K matrix: memory stays O(K) on a device.
+        overlap = pairwise_iou(boxes[best][None], boxes[rest])[0]
+        remaining = rest[overlap < iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def per_class_nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    iou_threshold: float = 0.5,
+    max_detections: int | None = None,
+) -> np.ndarray:
+    """:func:`nms` within each class (a car never suppresses an overlapping person):
+    kept indices sorted by score, best first, at most ``max_detections``."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    classes = np.asarray(classes).reshape(-1)
+    kept = [np.zeros(0, dtype=np.int64)]
+    for cls in np.unique(classes):
+        members = np.flatnonzero(classes == cls)
+        kept.append(members[nms(boxes[members], scores[members], iou_threshold, max_detections)])
+    kept = np.concatenate(kept)
+    # By score, ties by index, so the order does not depend on class ids.
+    kept = kept[np.lexsort((kept, -scores[kept]))]
+    return kept if max_detections is None else kept[: int(max_detections)]
+
+
 # ------------------------------------------------------------------ per task
 
 
@@ -111,10 +159,106 @@ def normalised_point_error(
     return (mean / np.asarray(size, dtype=np.float32)).astype(np.float32)
 
 
+def _yolo_arrays(objectness, box, scores, anchors) -> tuple[np.ndarray, ...]:
+    """The detector's outputs and anchors as float32 arrays, with their shapes checked."""
+    if anchors is None:
+        raise ValueError("detection needs anchors: a (B, 2) array of (width, height) fractions")
+    obj = np.asarray(objectness, dtype=np.float32)
+    if obj.ndim == 5 and obj.shape[-1] == 1:  # a Dense(B, 1) head's trailing axis
+        obj = obj[..., 0]
+    box = np.asarray(box, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    anchors = np.asarray(anchors, dtype=np.float32)
+    if obj.ndim != 4:
+        raise ValueError(f"objectness must be (N, S, S, B); got shape {obj.shape}")
+    if box.shape != (*obj.shape, 4):
+        raise ValueError(f"box must be {(*obj.shape, 4)} to match objectness; got {box.shape}")
+    if scores.ndim != 5 or scores.shape[:4] != obj.shape or scores.shape[4] < 1:
+        raise ValueError(
+            f"scores must be {(*obj.shape, 'C')} to match objectness; got {scores.shape}"
+        )
+    if anchors.ndim != 2 or anchors.shape[1] != 2:
+        raise ValueError(f"anchors must be (B, 2) (width, height) pairs; got shape {anchors.shape}")
+    if len(anchors) != obj.shape[3]:
+        raise ValueError(f"{len(anchors)} anchors but the outputs have {obj.shape[3]} per cell")
+    if not np.all(anchors > 0):
+        raise ValueError("anchors must be positive (width, height) fractions of the image")
+    return obj, box, scores, anchors
+
+
+def yolo_boxes(
+    objectness: np.ndarray, box: np.ndarray, scores: np.ndarray, anchors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A YOLO grid's outputs -> every cell and anchor's corner box, confidence and class.
+
+    ``objectness`` (N, S_h, S_w, B) and ``box`` (N, S_h, S_w, B, 4) = (sx, sy, sw, sh) are
+    sigmoids, ``scores`` (N, S_h, S_w, B, C) softmax probabilities, ``anchors`` (B, 2)
+    (width, height) fractions. Returns boxes (N, K, 4) clipped to [0, 1], confidence
+    (N, K) = objectness * best class probability and classes (N, K) int64, K = S_h*S_w*B in
+    row, column, anchor order.
+    """
+    obj, box, scores, anchors = _yolo_arrays(objectness, box, scores, anchors)
+    n, s_h, s_w, _ = obj.shape
+    rows = np.arange(s_h, dtype=np.float32)[:, None, None]
+    cols = np.arange(s_w, dtype=np.float32)[None, :, None]
+    cx = (cols + box[..., 0]) / s_w
+    cy = (rows + box[..., 1]) / s_h
+    # YOLOv5's bounded size, anchor * (2 s)^2 in 0..4 anchors, rather than anchor * exp(t):
+    # the box tensor stays in [0, 1], so int8 quantises it with one scale.
+    w = anchors[:, 0] * (2 * box[..., 2]) ** 2
+    h = anchors[:, 1] * (2 * box[..., 3]) ** 2
+    corners = np.clip(centre_to_corners(np.stack([cx, cy, h, w], axis=-1)), 0.0, 1.0)
+    confidence = obj * scores.max(axis=-1)
+    classes = scores.argmax(axis=-1).astype(np.int64)
+    return corners.reshape(n, -1, 4), confidence.reshape(n, -1), classes.reshape(n, -1)
+
+
+def detection(
+    objectness: np.ndarray,
+    box: np.ndarray,
+    scores: np.ndarray,
+    *,
+    anchors: np.ndarray | None = None,
+    score_threshold: float = 0.25,
+    iou_threshold: float = 0.5,
+    max_detections: int = 50,
+) -> dict[str, np.ndarray]:
+    """A YOLO detector's outputs -> up to ``max_detections`` boxes per image, best first.
+
+    :func:`yolo_boxes`, keep confidence > ``score_threshold``, :func:`per_class_nms`.
+    Arrays have a fixed size D = ``max_detections`` so a batch stays rectangular (and
+    JSON-able): "boxes" (N, D, 4), "scores" (N, D), "classes" (N, D) (-1 where unused,
+    boxes and scores 0 there) and "count" (N,) detections per image. ``anchors`` is
+    required (a keyword only so that a missing one is a ValueError, not a TypeError).
+    """
+    if int(max_detections) < 1:
+        raise ValueError(f"max_detections must be at least 1; got {max_detections}")
+    boxes, confidence, classes = yolo_boxes(objectness, box, scores, anchors)
+    n, d = len(boxes), int(max_detections)
+    out = {
+        "boxes": np.zeros((n, d, 4), dtype=np.float32),
+        "scores": np.zeros((n, d), dtype=np.float32),
+        "classes": np.full((n, d), -1, dtype=np.int64),
+        "count": np.zeros(n, dtype=np.int64),
+    }
+    for i in range(n):
+        # Threshold first: NMS then sees tens of candidates, not S*S*B.
+        candidates = np.flatnonzero(confidence[i] > score_threshold)
+        picked = boxes[i, candidates], confidence[i, candidates], classes[i, candidates]
+        kept = candidates[per_class_nms(*picked, iou_threshold, d)]
+        k = len(kept)
+        out["boxes"][i, :k] = boxes[i, kept]
+        out["scores"][i, :k] = confidence[i, kept]
+        out["classes"][i, :k] = classes[i, kept]
+        out["count"][i] = k
+    return out
+
+
 DECODERS = {
     "classification": classification,
     "localisation": localisation,
     "landmarks": landmarks,
+    "detection": detection,
 }
 # Each task's model outputs, by name (the Keras output names, kept in the .tflite's
 # signature); mobilecv.tasks uses these names too.
@@ -122,6 +266,7 @@ TASK_OUTPUTS = {
     "classification": ("scores",),
     "localisation": ("presence", "box", "scores"),
     "landmarks": ("points",),
+    "detection": ("objectness", "box", "scores"),
 }
 
 

@@ -11,7 +11,8 @@ metadata entry mobilecv writes into every .tflite (read with ai_edge_litert's sc
 else `--input-range LO,HI`, else [0, 1]. Quantised inputs take every integer code.
 
 With `--postprocess` the outputs are decoded by the model's task (classification,
-localisation, landmarks, ...: named in the same metadata) with mobilecv's numpy
+localisation, landmarks, detection, ...: named in the same metadata, with any options such
+as a detector's anchors in its "task_options") with mobilecv's numpy
 post-processing, `postprocess.py`: copy it beside this file on a device (it needs only
 numpy); the result gains "predictions" and "postprocess_ms".
 
@@ -140,10 +141,12 @@ def decode_outputs(interp, info: dict, repeats: int = 20) -> tuple[dict, float]:
         scale, zero = d.get("quantization", (0.0, 0))
         outputs[name] = (raw - zero) * scale if scale else raw
     task = info.get("task", "classification")
+    # Options the decoder needs beyond the outputs (a detector's anchors), from the metadata.
+    options = info.get("task_options") or {}
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        decoded = post.decode(task, outputs)
+        decoded = post.decode(task, outputs, **options)
         times.append((time.perf_counter() - t0) * 1000)
     plain = {k: np.asarray(v).tolist() for k, v in decoded.items()}
     return {"task": task, **plain}, sorted(times)[len(times) // 2]
