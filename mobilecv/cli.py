@@ -229,6 +229,7 @@ def profile_cmd(target, keras, top, sliding_window, as_json, **scaling) -> None:
 
 def _register_commands() -> None:
     # Commands of the other stages live beside their libraries; cli.py only lists them.
+    from mobilecv.commands.anchors import anchors_command
     from mobilecv.commands.bench import bench, devices
     from mobilecv.commands.convert import convert, inspect_cmd
     from mobilecv.commands.run import run_command
@@ -244,6 +245,7 @@ def _register_commands() -> None:
         devices,
         run_command,
         sweep_command,
+        anchors_command,
     ):
         main.add_command(command)
 
