@@ -19,7 +19,7 @@ from mobilecv.converters.tflite import convert
 from mobilecv.data.datasets import model_inputs
 from mobilecv.evaluate import TfliteModel
 from mobilecv.tasks import get_task
-from mobilecv.train import train
+from mobilecv.train import task_of, train
 
 # One model per task beyond classification, at a tiny size.
 TASK_MODELS = {
@@ -27,6 +27,7 @@ TASK_MODELS = {
     # class scores, of equal shape, by name).
     "localisation": ("localizer", {"classes": 10}),
     "landmarks": ("landmarker", {}),
+    "detection": ("yolo", {"classes": 10}),
 }
 TINY = {"width": 0.25, "resolution": 48, "input_channels": 3}
 
@@ -44,7 +45,7 @@ def trained(request, tmp_path_factory):
     test = get_task(request.param).load("scenes", "test", limit=8)
     path = tmp_path_factory.mktemp(request.param) / "model.tflite"
     result.save(path)
-    return get_task(request.param), model, result, path, test
+    return task_of(model), model, result, path, test
 
 
 def test_conversion_is_verified_by_the_tasks_figure(trained):
@@ -52,10 +53,10 @@ def test_conversion_is_verified_by_the_tasks_figure(trained):
     agreement = result.verification.agreement
     assert task.agreement_metric in agreement, agreement
     assert result.verification.top1_agreement is None  # not a classifier
-    if task.name == "localisation":
-        assert 0.0 <= agreement["box_iou"] <= 1.0
-    else:
+    if task.name == "landmarks":
         assert agreement["point_error"] >= 0.0
+    else:  # box_iou, detection_f1
+        assert 0.0 <= agreement[task.agreement_metric] <= 1.0
 
 
 def test_litert_outputs_are_matched_by_name(trained):
