@@ -232,6 +232,7 @@ def _register_commands() -> None:
     from mobilecv.commands.anchors import anchors_command
     from mobilecv.commands.bench import bench, devices
     from mobilecv.commands.convert import convert, inspect_cmd
+    from mobilecv.commands.detect import detect_command
     from mobilecv.commands.run import run_command
     from mobilecv.commands.sweep import sweep_command
     from mobilecv.commands.train import compress_command, train_command
@@ -246,6 +247,7 @@ def _register_commands() -> None:
         run_command,
         sweep_command,
         anchors_command,
+        detect_command,
     ):
         main.add_command(command)
 

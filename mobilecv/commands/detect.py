@@ -1,0 +1,438 @@
+"""`mobilecv detect`: run a .tflite detector on image files and draw what it finds.
+
+A thin layer over the library: the model's metadata (mobilecv.modelinfo: task, input
+range, anchors), LiteRT (mobilecv.evaluate.TfliteModel) and the numpy post-processing
+(mobilecv.postprocess.decode). It only reads images, scales boxes to pixels and writes.
+Nothing here imports TensorFlow, and numpy and Pillow are imported inside the command,
+so `mobilecv --help` does not pay for them.
+
+Every check runs before any work, and every image is read and detected before the first
+file is written: bad input leaves nothing behind, and each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
+from mobilecv.errors import InputError, MissingFile, one_line
+
+DETECTIONS_FILE = "detections.json"  # COCO results format
+IMAGES_FILE = "images.json"  # COCO "images" and "categories"
+CHANNEL_MODES = {1: "L", 3: "RGB"}  # model input channels -> the Pillow mode fed to it
+
+
+@dataclass
+class Found:
+    """One image's detections, boxes in the original image's pixels."""
+
+    path: Path
+    target: Path  # the drawn image, OUT/<stem>.png
+    width: int
+    height: int
+    detections: list[dict] = field(default_factory=list)  # category_id, bbox, score
+
+
+@click.command("detect")
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@out_dir_option("Folder for the drawn images, detections.json and images.json (created).")
+@click.option(
+    "--score-threshold",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="Keep boxes whose objectness x class probability is above this (0 to 1).",
+)
+@click.option(
+    "--iou-threshold",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Per-class NMS drops a box overlapping a better one by this IoU (0 to 1).",
+)
+@click.option(
+    "--max-detections",
+    type=int,
+    default=50,
+    show_default=True,
+    help="At most this many boxes an image, best first.",
+)
+@click.option(
+    "--names",
+    "names_file",
+    metavar="FILE",
+    help="Class names, one a line, in class-id order (default: class ids are shown).",
+)
+@force_option("existing files in the output folder")
+@json_option("a summary (per image the detections and the files written)")
+@handle_errors
+def detect_command(
+    model, images, out_dir, score_threshold, iou_threshold, max_detections, names_file,
+    force, as_json,
+) -> None:  # fmt: skip
+    """Detect objects in IMAGE files with MODEL.tflite, a mobilecv detector (float or
+    int8), and draw them.
+
+    Each image (PNG, JPEG, TIFF, ...; grey, RGB or RGBA) is converted to the model's
+    channels (RGB to grey by luminance, grey repeated to RGB, alpha dropped), stretched
+    to the model's input size (not letterboxed: the model's scenes are square) with
+    bilinear filtering, mapped to the input range in its metadata and decoded with the
+    anchors in its metadata (mobilecv.postprocess). Boxes are scaled back to the
+    original image's pixels.
+
+    Writes into the folder -o OUT: <stem>.png per image (the boxes drawn, a colour per
+    class, labelled "name score"), detections.json (COCO results: image_id, file_name,
+    category_id = class id, bbox [x, y, w, h] in pixels, score) and images.json (COCO
+    "images", ids from 1 in the order given, and "categories"): add "annotations" to
+    images.json and pycocotools scores the two. Existing files are kept unless --force.
+    """
+    options = _decode_options(score_threshold, iou_threshold, max_detections)
+    info, anchors = _detector_info(model)
+    paths = _image_paths(images)
+    targets = _targets(paths, Path(out_dir), force)
+    names = _read_names(names_file) if names_file else None
+    runner = _load_model(model)
+    classes = _check_model(runner, model, anchors, names, names_file)
+    progress = not as_json and len(paths) > 1
+    found = _detect_all(runner, paths, targets, info.input_range, anchors, options, progress)
+    labels = names or [str(k) for k in range(classes)]
+    written = _write_all(found, labels, Path(out_dir), force, progress)
+    if as_json:
+        echo_json(_summary(model, runner, found, labels, written))
+    else:
+        for one in found:
+            click.echo(summary_line(one, labels))
+
+
+# ------------------------------------------------------------------ checks, before any work
+
+
+def _decode_options(score_threshold: float, iou_threshold: float, max_detections: int) -> dict:
+    """The post-processing options, each checked (one-line errors, not click's usage)."""
+    for flag, value in (("--score-threshold", score_threshold), ("--iou-threshold", iou_threshold)):
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise InputError(f"{flag} must be in [0, 1]; got {value:g}")
+    if max_detections < 1:
+        raise InputError(f"--max-detections must be at least 1; got {max_detections}")
+    return {
+        "score_threshold": score_threshold,
+        "iou_threshold": iou_threshold,
+        "max_detections": max_detections,
+    }
+
+
+def _detector_info(model: str):
+    """(ModelInfo, anchors (B, 2)) of a .tflite detector, from its metadata."""
+    import numpy as np
+
+    from mobilecv.modelinfo import read_info
+
+    info = read_info(model)  # InputError for a missing, non-TFLite or corrupt file
+    if info is None:
+        raise InputError(
+            f"{model}: no mobilecv metadata, so its task and anchors are unknown "
+            "(convert it with `mobilecv convert`)"
+        )
+    if info.task != "detection":
+        raise InputError(f"{model} is a {info.task} model, not a detector")
+    anchors = info.task_options.get("anchors")
+    if not anchors:
+        raise InputError(f"{model}: a detector without anchors in its metadata")
+    try:
+        anchors = np.asarray(anchors, dtype=np.float32)
+    except (TypeError, ValueError):
+        anchors = np.zeros(0)
+    if anchors.ndim != 2 or anchors.shape[1] != 2 or not (anchors > 0).all():
+        raise InputError(f"{model}: its anchors are not positive (width, height) pairs")
+    return info, anchors
+
+
+def _image_paths(images) -> list[Path]:
+    paths = [Path(image) for image in images]
+    for path in paths:
+        if not path.exists():
+            raise MissingFile(f"{path}: no such file")
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, not an image")
+    return paths
+
+
+def _targets(paths: list[Path], out: Path, force: bool) -> list[Path]:
+    """OUT/<stem>.png per image; refuses two images of one stem and, without `force`,
+    an existing output (naming the first), before any work."""
+    from mobilecv.fileio import check_writable
+
+    targets, seen = [], {}
+    for path in paths:
+        target = out / f"{path.stem}.png"
+        if target in seen:
+            raise InputError(f"{seen[target]} and {path} would both write {target}")
+        seen[target] = path
+        targets.append(target)
+    for target in [*targets, out / DETECTIONS_FILE, out / IMAGES_FILE]:
+        check_writable(target, force)
+    return targets
+
+
+def _read_names(names_file: str) -> list[str]:
+    """Class names, one a line (trailing blank lines ignored)."""
+    path = Path(names_file)
+    if not path.exists():
+        raise MissingFile(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a names file")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file of class names") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise InputError(f"{path}: no class names (one a line)")
+    if "" in lines:
+        raise InputError(f"{path}: line {lines.index('') + 1} is empty; give one name a line")
+    return lines
+
+
+def _load_model(model: str):
+    from mobilecv.evaluate import TfliteModel
+
+    runner = TfliteModel(model)
+    shape = runner.input_shape
+    if len(shape) != 4 or shape[3] not in CHANNEL_MODES:
+        raise InputError(
+            f"{model}: input shape {list(shape)}; detect feeds images of 1 or 3 channels "
+            "(N, H, W, C)"
+        )
+    return runner
+
+
+def _check_model(runner, model: str, anchors, names, names_file) -> int:
+    """The model's class count, after one blank image through the model and the decoder:
+    outputs that do not fit its anchors are refused before any image is read."""
+    import numpy as np
+
+    from mobilecv import postprocess
+
+    blank = np.zeros(runner.input_shape, dtype=np.float32)
+    outputs = runner.predict_outputs(blank, postprocess.TASK_OUTPUTS["detection"])
+    try:
+        postprocess.decode("detection", outputs, anchors=anchors)
+    except ValueError as exc:
+        raise InputError(f"{model}: outputs unlike a YOLO detector's ({one_line(exc)})") from None
+    classes = int(outputs["scores"].shape[-1])
+    if names is not None and len(names) != classes:
+        raise InputError(f"{names_file} has {len(names)} names; the model has {classes} classes")
+    return classes
+
+
+# ------------------------------------------------------------------ images and detection
+
+
+def read_image(path: Path):
+    """An image file as a Pillow image in mode L (grey) or RGB, alpha dropped; 16-bit and
+    float images scaled to 8 bits. InputError when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.copy()
+    except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the file system's error (permission denied, ...), not the file's content
+        raise InputError(f"{path}: not a readable image ({one_line(exc)})") from None
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode in ("1", "LA", "La"):
+        return image.convert("L")
+    if image.mode.startswith(("I", "F")):
+        return _grey_to_8bit(image)
+    return image.convert("RGB")  # RGBA, P, CMYK, YCbCr, ...: colour, alpha dropped
+
+
+def _grey_to_8bit(image):
+    """A 16-bit, 32-bit or float grey image in mode L: 16-bit (max > 255) or 8-bit peak."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F" and values.max(initial=0) <= 1.0:
+        peak = 1.0
+    else:
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8))
+
+
+def model_input(image, input_shape, input_range):
+    """(1, H, W, C) float32 in the model's input range: the image converted to the
+    model's channels (grey by ITU-R 601 luminance, grey repeated, alpha dropped) and
+    stretched to its size with Pillow's bilinear filter."""
+    import numpy as np
+    from PIL import Image
+
+    from mobilecv.modelinfo import map_range
+
+    _, height, width, channels = input_shape
+    converted = image.convert(CHANNEL_MODES[channels])
+    resized = converted.resize((width, height), Image.Resampling.BILINEAR)
+    x = np.asarray(resized, dtype=np.float32).reshape(1, height, width, channels)
+    return map_range(x, input_range).astype(np.float32)
+
+
+def to_pixels(decoded: dict, width: int, height: int, i: int = 0) -> list[dict]:
+    """Image i's decoded detections as COCO results: category_id, bbox [x, y, w, h] in
+    pixels of a width x height image, score."""
+    scale = [width, height, width, height]
+    found = []
+    for k in range(int(decoded["count"][i])):
+        x0, y0, x1, y1 = (round(float(v) * s, 3) for v, s in zip(decoded["boxes"][i, k], scale, strict=True))  # fmt: skip
+        found.append(
+            {
+                "category_id": int(decoded["classes"][i, k]),
+                "bbox": [x0, y0, round(x1 - x0, 3), round(y1 - y0, 3)],
+                "score": round(float(decoded["scores"][i, k]), 6),
+            }
+        )
+    return found
+
+
+def _detect_one(runner, path: Path, target: Path, input_range, anchors, options) -> Found:
+    from mobilecv import postprocess
+
+    image = read_image(path)
+    x = model_input(image, runner.input_shape, input_range)
+    outputs = runner.predict_outputs(x, postprocess.TASK_OUTPUTS["detection"])
+    decoded = postprocess.decode("detection", outputs, anchors=anchors, **options)
+    width, height = image.size
+    return Found(path, target, width, height, to_pixels(decoded, width, height))
+
+
+def _detect_all(runner, paths, targets, input_range, anchors, options, progress) -> list[Found]:
+    """Every image read and detected, before anything is written."""
+    from mobilecv.progress import Progress
+
+    found = []
+    with Progress("detecting", len(paths), "image", enabled=progress) as bar:
+        for path, target in zip(paths, targets, strict=True):
+            found.append(_detect_one(runner, path, target, input_range, anchors, options))
+            bar.update(1, note=path.name)
+    return found
+
+
+# ------------------------------------------------------------------ writing
+
+
+def class_colour(k: int) -> tuple[int, int, int]:
+    """A distinct, saturated colour for class k (hues spaced by the golden ratio)."""
+    r, g, b = colorsys.hsv_to_rgb((0.12 + 0.618034 * k) % 1.0, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def draw(image, detections: list[dict], labels: list[str]):
+    """The image in RGB with each box drawn in its class's colour, labelled "name score"."""
+    from PIL import ImageDraw
+
+    canvas = image.convert("RGB")
+    pen = ImageDraw.Draw(canvas)
+    side = min(canvas.size)
+    line, font = max(1, round(side / 200)), _font(max(10, round(side / 40)))
+    for det in detections:
+        x, y, w, h = det["bbox"]
+        colour = class_colour(det["category_id"])
+        pen.rectangle([x, y, x + w, y + h], outline=colour, width=line)
+        text = f"{labels[det['category_id']]} {det['score']:.2f}"
+        height = pen.textbbox((0, 0), text, font=font)[3] + 2
+        at = (x + 1, y - height if y >= height else y + 1)  # above the box, else inside
+        pen.rectangle(pen.textbbox(at, text, font=font), fill=colour, width=0)
+        pen.text(at, text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def coco_files(found: list[Found], labels: list[str]) -> tuple[list[dict], dict]:
+    """(detections.json: COCO results, images.json: COCO images and categories)."""
+    results = [
+        {"image_id": i, "file_name": one.path.name, **det}
+        for i, one in enumerate(found, start=1)
+        for det in one.detections
+    ]
+    images = [
+        {"id": i, "file_name": one.path.name, "width": one.width, "height": one.height}
+        for i, one in enumerate(found, start=1)
+    ]
+    categories = [{"id": k, "name": name} for k, name in enumerate(labels)]
+    return results, {"images": images, "categories": categories}
+
+
+def _write_all(found: list[Found], labels, out: Path, force: bool, progress: bool) -> list[Path]:
+    """The drawn images, then detections.json and images.json, each atomically."""
+    from mobilecv.fileio import atomic_path, write_json
+    from mobilecv.progress import Progress
+
+    with Progress("drawing", len(found), "image", enabled=progress) as bar:
+        for one in found:
+            drawn = draw(read_image(one.path), one.detections, labels)
+            with atomic_path(one.target, force=force) as tmp:
+                drawn.save(tmp, format="PNG")
+            bar.update(1, note=one.target.name)
+    results, images = coco_files(found, labels)
+    written = [one.target for one in found]
+    written.append(write_json(out / DETECTIONS_FILE, results, force=force))
+    written.append(write_json(out / IMAGES_FILE, images, force=force))
+    return written
+
+
+# ------------------------------------------------------------------ reports
+
+
+def summary_line(one: Found, labels: list[str]) -> str:
+    """ "IMAGE (W x H): N detections, top classes A (n), B (m), best score S -> OUT.png" """
+    from collections import Counter
+
+    head = f"{one.path} ({one.width}x{one.height}): "
+    if not one.detections:
+        return f"{head}no detections -> {one.target}"
+    counts = Counter(det["category_id"] for det in one.detections).most_common(3)
+    top = ", ".join(f"{labels[k]} ({n})" for k, n in counts)
+    best = max(det["score"] for det in one.detections)
+    n = len(one.detections)
+    return (
+        f"{head}{n} detection{'s' if n != 1 else ''}, top classes {top}, best score "
+        f"{best:.2f} -> {one.target}"
+    )
+
+
+def _summary(model: str, runner, found: list[Found], labels, written: list[Path]) -> dict:
+    return {
+        "model": model,
+        "input_shape": list(runner.input_shape),
+        "images": [
+            {
+                "file": str(one.path),
+                "image_id": i,
+                "width": one.width,
+                "height": one.height,
+                "count": len(one.detections),
+                "detections": [
+                    {**det, "name": labels[det["category_id"]]} for det in one.detections
+                ],
+                "written": str(one.target),
+            }
+            for i, one in enumerate(found, start=1)
+        ],
+        "written": [str(path) for path in written],
+    }
