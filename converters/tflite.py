@@ -24,11 +24,20 @@ tensorflow#60762; XNNPACK's sparse kernels are fp32-only, google/XNNPACK#1419).
 Verification catches that and reconverts with dense weights (zeros still
 compress well under gzip), saying so in `notes`. TFLite Micro has no DENSIFY
 kernel (tflite-micro#491), so C-array exports default to dense weights.
+
+A detector with its NMS in the graph (`nms=`, mobilecv.tasks.detection_graph) converts in
+every float mode as it is. Its NMS op has float kernels only, so in int8 the layer that
+decodes and suppresses stays float: the model is calibrated, then quantised with that
+layer's ops (and every op after them) on the quantiser's deny list (the selective
+quantisation of tf.lite.experimental.QuantizationDebugOptions), so the backbone and the
+head are int8 and the tail starts with a DEQUANTIZE. Its outputs are decoded detections:
+verification compares them by name, and they stay float32/int32 whatever `io` says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import io
 import os
@@ -319,10 +328,20 @@ def _export_saved_model(model, keras3: bool, export_dir: Path) -> None:
     tfm = tf()
     with _quiet():
         if keras3:
-            model.export(str(export_dir), format="tf_saved_model", verbose=False)
+            model.export(
+                str(export_dir), format="tf_saved_model", verbose=False, **_signature(model)
+            )
         else:
             options = tfm.saved_model.SaveOptions(save_debug_info=True)
             tfm.saved_model.save(model, str(export_dir), options=options)
+
+
+def _signature(model) -> dict[str, Any]:
+    """Keras 3 export's input signature for a model built for a fixed batch (an in-graph
+    NMS detector: 1), which the export would otherwise leave open; {} for the others."""
+    if any(t.shape[0] is None for t in model.inputs):
+        return {}
+    return {"input_signature": [tf().TensorSpec(tuple(t.shape), t.dtype) for t in model.inputs]}
 
 
 def _conversion_backend(
@@ -353,15 +372,22 @@ def _convert_in_process(model, calib: np.ndarray | None, settings: dict[str, Any
 
 
 def _settings(
-    mode: Quantize, io_type: IoType, qat: bool, sparse: bool, per_channel: bool
+    mode: Quantize,
+    io_type: IoType,
+    qat: bool,
+    sparse: bool,
+    per_channel: bool,
+    float_tail: str | None = None,
 ) -> dict[str, Any]:
-    """The converter settings, as JSON the worker process reads."""
+    """The converter settings, as JSON the worker process reads. ``float_tail``: the name
+    of a Keras layer whose ops, and every op after them, stay float in int8."""
     return {
         "mode": mode.value,
         "io": io_type.value,
         "qat": qat,
         "sparse": sparse,
         "per_channel": per_channel,
+        "float_tail": float_tail,
     }
 
 
@@ -374,6 +400,7 @@ def configure_from_settings(conv, settings: dict[str, Any], calib: np.ndarray | 
         settings["qat"],
         settings["sparse"],
         settings["per_channel"],
+        settings.get("float_tail"),
     )
 
 
@@ -385,6 +412,7 @@ def _configure(
     qat: bool,
     sparse: bool,
     per_channel: bool = True,
+    float_tail: str | None = None,
 ):
     tfm = tf()
     # The converter's only switch for per-tensor weight scales (TF 2.x keeps it private).
@@ -410,7 +438,13 @@ def _configure(
         conv.target_spec.supported_ops = [
             tfm.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
-    if io_type is IoType.INT8:
+    if float_tail and mode is Quantize.INT8 and calib is not None and not qat:
+        # Calibrate only: _run_converter quantises all but the tail and sets the input type.
+        conv._experimental_calibrate_only = True
+        conv._mobilecv_finish = lambda calibrated: _quantize_all_but(
+            calibrated, float_tail, per_channel, io_type
+        )
+    elif io_type is IoType.INT8:
         conv.inference_input_type = tfm.int8
         conv.inference_output_type = tfm.int8
     elif io_type is IoType.INT16:
@@ -419,14 +453,52 @@ def _configure(
 
 
 def _run_converter(conv) -> bytes:
+    finish = getattr(conv, "_mobilecv_finish", None)
     try:
         with _quiet():
-            return bytes(conv.convert())
+            data = bytes(conv.convert())
+            return finish(data) if finish else data
     except Exception as exc:  # the converter raises many types; report one line
         first = str(exc).strip().splitlines()
         raise RunFailed(
             f"TFLite conversion failed: {first[0] if first else type(exc).__name__}"
         ) from exc
+
+
+def tail_ops(graph, layer: str) -> list:
+    """The ops of Keras layer ``layer`` (by their tensor names: "model/layer/op", or
+    "model/layer_1/op" in a Keras 3 export) and every op that reads what they compute."""
+    own = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
+    found, downstream = [], set()
+    for op in graph.ops:  # in execution order: producers come first
+        names = [graph.tensors[i].name for i in op.outputs]
+        if any(own.search(n) for n in names) or downstream.intersection(op.inputs):
+            found.append(op)
+            downstream.update(op.outputs)
+    return found
+
+
+def _quantize_all_but(calibrated: bytes, layer: str, per_channel: bool, io_type: IoType) -> bytes:
+    """Full-integer quantisation of a calibrated model but for the :func:`tail_ops` of
+    ``layer``, which stay float after a DEQUANTIZE (ops without int8 kernels, as NMS). The
+    input is int8 when ``io_type`` is; the outputs are the tail's own (float32, int32)."""
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    from mobilecv.tflite_graph import parse
+
+    graph = parse(calibrated)
+    nodes = [graph.tensors[i].name for op in tail_ops(graph, layer) for i in op.outputs]
+    if not nodes:
+        raise RunFailed(f"no ops of layer {layer!r} in the converted graph to keep float")
+    tfm = tf()
+    quantized = mlir_quantize(
+        calibrated,
+        disable_per_channel=not per_channel,
+        input_data_type=tfm.int8 if io_type is IoType.INT8 else tfm.float32,
+        output_data_type=tfm.float32,
+        denylisted_nodes=nodes,
+    )
+    return bytes(quantized)
 
 
 def check_request(
@@ -471,6 +543,7 @@ def convert(
     sparse: bool | None = None,
     progress: bool = True,
     per_channel: bool = True,
+    nms: dict | None = None,
 ) -> ConversionResult:
     """Convert a Keras model (tf_keras, Keras 3 or tfmot QAT) to .tflite bytes.
 
@@ -486,9 +559,16 @@ def convert(
       two int64 zero points per channel (~24 B, ~7 B after gzip); on the 80%-pruned
       MobileNetV2 of benchmarks/compression.py that is a fifth of the gzip size
       (69 of 341 KB), at some cost in accuracy (0.24 points there).
+    nms: a YOLO detector gets its decode and per-class NMS in the graph first
+      (mobilecv.tasks.detection_graph.with_nms with these keyword arguments, {} for the
+      defaults; batch 1); a model made by with_nms already has them.
     progress: show a bar on stderr when it is a terminal (nothing in a file or pipe).
     """
     start = time.perf_counter()
+    if nms is not None:
+        from mobilecv.tasks.detection_graph import with_nms
+
+        model = with_nms(model, **nms)
     qat = _is_qat(model)
     mode, io_type = check_request(quantize, io, calibration, samples, per_channel, qat)
     info = get_info(model)  # written into the .tflite as its "mobilecv" metadata
@@ -515,6 +595,7 @@ def convert(
         sparse = sparsity >= SPARSE_THRESHOLD
         if sparse:
             notes.append(f"kernels are {sparsity:.0%} zeros: tried sparse weight encoding")
+    float_tail, sparse = _nms_tail(info, mode, qat, sparse, notes)
 
     workdir = Path(tempfile.mkdtemp(prefix="mobilecv-convert-"))
     try:
@@ -524,7 +605,7 @@ def convert(
         backend = _conversion_backend(model, keras3, rows, session, notes)
 
         def build(use_sparse: bool) -> bytes:
-            return backend(_settings(mode, io_type, qat, use_sparse, per_channel))
+            return backend(_settings(mode, io_type, qat, use_sparse, per_channel, float_tail))
 
         # A live bar on a terminal only: in a log or pipe the caller's result line (the
         # CLI's "mode int8 ..., 12.3 s") is the one line of this stage.
@@ -546,7 +627,7 @@ def convert(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     data = add_to_tflite(data, info)
-    notes.extend(_graph_notes(data, mode))
+    notes.extend(_graph_notes(data, mode, float_tail))
     return ConversionResult(
         tflite=data,
         mode=mode,
@@ -562,20 +643,45 @@ def convert(
     )
 
 
-def _graph_notes(data: bytes, mode: Quantize) -> list[str]:
+def _nms_tail(info, mode: Quantize, qat: bool, sparse: bool, notes: list[str]):
+    """(the layer to keep float in int8, or None; sparse) for a model with in-graph NMS."""
+    from mobilecv.tasks.detection_graph import LAYER_NAME, has_nms
+
+    if not has_nms(info):
+        return None, sparse
+    if mode is Quantize.INT16X8:
+        raise InputError("int16x8 cannot keep the in-graph NMS float; use int8 or a float mode")
+    if mode is not Quantize.INT8 or qat:
+        return None, sparse
+    notes.append(
+        "NMS has float kernels only: the decode and NMS run in float after a DEQUANTIZE, "
+        "the backbone and head in int8; the outputs are float32 boxes and scores, int32 "
+        "classes and count"
+    )
+    if sparse:
+        notes.append("sparse weight encoding is not applied with the float NMS tail")
+    return LAYER_NAME, False
+
+
+def _graph_notes(data: bytes, mode: Quantize, float_tail: str | None = None) -> list[str]:
     """Say when the converter quietly did less than the mode promises."""
     from mobilecv.inspection import read_tflite
 
     graph = read_tflite(data)
-    notes = []
+    notes, float_ops = [], graph.float_ops
+    if float_tail:  # float by design (the note of _nms_tail): only other float ops are news
+        from mobilecv.tflite_graph import parse
+
+        tail = {f"{op.opcode}#{op.index}" for op in tail_ops(parse(data), float_tail)}
+        float_ops = [op for op in float_ops if op not in tail]
     if mode is Quantize.DYNAMIC and graph.quantization == "float32":
         notes.append(
             "no weight tensor was large enough for dynamic-range quantisation (the converter "
             "skips tensors under 1024 values): the model stayed float32"
         )
-    if mode in (Quantize.INT8, Quantize.INT16X8) and graph.float_ops:
-        shown = ", ".join(graph.float_ops[:5]) + (" ..." if len(graph.float_ops) > 5 else "")
-        notes.append(f"{len(graph.float_ops)} ops still compute in float: {shown}")
+    if mode in (Quantize.INT8, Quantize.INT16X8) and float_ops:
+        shown = ", ".join(float_ops[:5]) + (" ..." if len(float_ops) > 5 else "")
+        notes.append(f"{len(float_ops)} ops still compute in float: {shown}")
     return notes
 
 
@@ -691,9 +797,13 @@ def _task_agreement(model, names, reference, got) -> tuple[dict[str, float], flo
     class outputs vary less than the conversion's mean error (an untrained model's softmax
     of near-equal logits) gets no top-1 figure: it would mean nothing."""
     from mobilecv.tasks.base import as_outputs
+    from mobilecv.tasks.detection_graph import has_nms
     from mobilecv.train import task_of
 
     task = task_of(model)
+    if names and has_nms(model):  # the graph decodes: compare the decoded outputs by name
+        ref, out = (dict(zip(names, v, strict=True)) for v in (reference, got))
+        return _decoded_view(task).agreement(ref, out), None, False
     try:
         ref = as_outputs(
             dict(zip(names, reference, strict=True)) if names else reference, task.outputs
@@ -714,6 +824,14 @@ def _task_agreement(model, names, reference, got) -> tuple[dict[str, float], flo
     if spread <= float(np.abs(out["scores"] - scores).mean()):
         return {}, spread, True
     return task.agreement(flat_ref, flat_out), spread, False
+
+
+def _decoded_view(task):
+    """``task`` for a model that decodes in its graph: its outputs are already what
+    ``decode`` would give, so the task's agreement compares them as they are."""
+    view = copy.copy(task)
+    view.decode = lambda outputs, **options: dict(outputs)
+    return view
 
 
 def _verification_notes(v: Verification | None) -> list[str]:
@@ -758,8 +876,9 @@ def run_in_litert(data: bytes, inputs: list[np.ndarray], resolver: str) -> list[
 def _keras_outputs(model, inputs: list[np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
     """(output names, or [] when the model's outputs are not a dict; float outputs)."""
     outs, names = [], []
-    for start in range(0, len(inputs[0]), 32):
-        batch = [x[start : start + 32] for x in inputs]
+    step = model.inputs[0].shape[0] or 32  # a model built for a fixed batch runs at it
+    for start in range(0, len(inputs[0]), step):
+        batch = [x[start : start + step] for x in inputs]
         y = model(batch if len(batch) > 1 else batch[0], training=False)
         if isinstance(y, dict):
             names = list(y)

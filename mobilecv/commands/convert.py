@@ -71,6 +71,32 @@ _MODES = ["none", "dynamic", "float16", "int8", "int16x8"]
     show_default=True,
     help="c writes a .cc/.h pair for TFLite Micro.",
 )
+@click.option(
+    "--nms",
+    is_flag=True,
+    help="Detection: end the graph in the YOLO decode and per-class NMS (builtin ops; "
+    "fixed-size outputs boxes, scores, classes, count; batch 1).",
+)
+@click.option(
+    "--max-detections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --nms: detections kept per image [default: 50].",
+)
+@click.option(
+    "--score-threshold",
+    type=float,
+    default=None,
+    help="With --nms: keep a confidence (objectness x class probability) above this "
+    "[default: 0.25].",
+)
+@click.option(
+    "--iou-threshold",
+    type=float,
+    default=None,
+    help="With --nms: suppress a box whose IoU with a better box of its class is at least "
+    "this [default: 0.5].",
+)
 @force_option("existing outputs")
 @json_option("the result")
 @handle_errors
@@ -86,6 +112,10 @@ def convert(
     sparse,
     per_tensor,
     fmt,
+    nms,
+    max_detections,
+    score_threshold,
+    iou_threshold,
     force,
     as_json,
 ):
@@ -98,6 +128,10 @@ def convert(
 
     # Refuse a bad combination before TensorFlow and the model load (~13 s); a QAT model
     # needs no calibration, and its file says whether it is one.
+    nms_settings = _nms_request(
+        model, nms, fmt, max_detections=max_detections, score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+    )  # fmt: skip
     qat = model_is_qat(model)
     if qat is not None:
         check_request(quantize, io_type, calibration, samples, not per_tensor, qat)
@@ -117,6 +151,7 @@ def convert(
         verify_samples=verify_samples,
         sparse=sparse,
         per_channel=not per_tensor,
+        nms=nms_settings,
     )
     if fmt == "c" and result.sparse:
         result.notes.append(
@@ -124,6 +159,8 @@ def convert(
         )
     written = result.save(output, format=fmt, force=force)
     summary = {"model": model, "outputs": [str(p) for p in written], **result.to_dict()}
+    if nms_settings is not None:
+        summary["nms"] = nms_settings
     if as_json:
         echo_json(summary)
         return
@@ -134,6 +171,12 @@ def convert(
         f"{'' if result.per_channel else ', per-tensor weights'}, "
         f"{result.seconds:.1f} s"
     )
+    if nms_settings is not None:
+        click.echo(
+            f"NMS in the graph: up to {nms_settings['max_detections']} detections, score > "
+            f"{nms_settings['score_threshold']:g}, IoU >= {nms_settings['iou_threshold']:g} "
+            "suppressed; outputs boxes, scores, classes, count (batch 1)"
+        )
     v = result.verification
     if v is not None:
         figures = f"max |err| {v.max_abs_error:.3g}, mean |err| {v.mean_abs_error:.3g}"
@@ -145,6 +188,41 @@ def convert(
         )
     for note in result.notes:
         click.echo(f"note: {note}")
+
+
+def _nms_request(model: str, nms: bool, fmt: str, **given) -> dict | None:
+    """The with_nms settings of --nms (None without it), checked before TensorFlow loads:
+    the model's task is read from its file's mobilecv info or its registry entry."""
+    from mobilecv.errors import InputError
+    from mobilecv.tasks.detection_graph import DEFAULTS, nms_settings
+
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if not nms:
+        if chosen:
+            raise InputError(f"--{next(iter(chosen)).replace('_', '-')} needs --nms")
+        return None
+    if fmt == "c":
+        raise InputError("--nms needs LiteRT: TFLite Micro has no NON_MAX_SUPPRESSION_V5 kernel")
+    task = _declared_task(model)
+    if task not in (None, "detection"):
+        raise InputError(f"--nms needs a detection model; {model} is a {task} model")
+    return nms_settings(**{**DEFAULTS, **chosen})
+
+
+def _declared_task(model: str) -> str | None:
+    """MODEL's task without TensorFlow, or None when only loading it can tell."""
+    from pathlib import Path
+
+    from mobilecv import registry
+    from mobilecv.modelinfo import read_keras_file
+
+    try:
+        if Path(model).exists():
+            info = read_keras_file(model)
+            return None if info is None else info.task
+        return registry.get(model).task
+    except Exception:  # noqa: BLE001 - unreadable or unknown here; loading it will say why
+        return None
 
 
 @click.command("inspect")
