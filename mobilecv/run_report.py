@@ -59,7 +59,7 @@ def _transfer_section(out: Path) -> list[str]:
 
 
 # Figures of a metrics row that are counts, not scores.
-_COUNTS = ("present_objects", "samples")
+_COUNTS = ("present_objects", "objects", "samples")
 
 
 def _figure(name: str, value) -> str:
