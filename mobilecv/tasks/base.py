@@ -120,6 +120,14 @@ class Task:
         }
 
 
+def draw_box(ax, corners, size: float, colour: str, style: str = "-", width: float = 1.5):
+    """One (x0, y0, x1, y1) box of image fractions on ``ax``, in pixels of a ``size`` image."""
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = np.asarray(corners) * size
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, ls=style, lw=width))
+
+
 def register_task(cls: type[Task]) -> type[Task]:
     """Class decorator: register one instance of ``cls`` under ``cls.name``."""
     if cls.name in _TASKS:

@@ -35,7 +35,14 @@ import numpy as np
 from mobilecv import postprocess
 from mobilecv.errors import InputError
 from mobilecv.registry import register_model
-from mobilecv.tasks.base import SCENE_COUNTS, Task, build_on_backbone, register_task, scene_config
+from mobilecv.tasks.base import (
+    SCENE_COUNTS,
+    Task,
+    build_on_backbone,
+    draw_box,
+    register_task,
+    scene_config,
+)
 
 MAX_OBJECTS = 6  # label rows a scene: the scenes' most objects
 NO_CLASS = -1
@@ -315,17 +322,11 @@ class Detection(Task):
         return match_detections(a, b)
 
     def paint(self, ax, decoded, y, i: int, size: float) -> None:
-        from matplotlib.patches import Rectangle
-
-        def box(corners, colour, style):
-            x0, y0, x1, y1 = np.asarray(corners) * size
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, ls=style, lw=1.2))  # fmt: skip
-
         for corners, label in zip(y["box"][i], y["class"][i], strict=True):
             if label != NO_CLASS:
-                box(corners, "lime", "-")
+                draw_box(ax, corners, size, "lime", "-", 1.2)
         for k in range(int(decoded["count"][i])):
-            box(decoded["boxes"][i, k], "red", "--")
+            draw_box(ax, decoded["boxes"][i, k], size, "red", "--", 1.2)
             x0, y0 = decoded["boxes"][i, k, :2] * size
             ax.text(x0, y0, f"{decoded['classes'][i, k]}:{decoded['scores'][i, k]:.2f}",
                     color="red", fontsize=5, va="bottom")  # fmt: skip

@@ -26,6 +26,7 @@ from mobilecv.tasks.base import (
     Task,
     build_on_backbone,
     deepest,
+    draw_box,
     register_task,
     scene_config,
     single_object_scenes,
@@ -132,18 +133,10 @@ class Localisation(Task):
         return postprocess.localisation(outputs["presence"], outputs["box"], outputs["scores"])
 
     def paint(self, ax, decoded, y, i: int, size: float) -> None:
-        from matplotlib.patches import Rectangle
-
-        def box(corners, colour, style):
-            x0, y0, x1, y1 = np.asarray(corners) * size
-            ax.add_patch(
-                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, ls=style, lw=1.5)
-            )
-
         if y["present"][i] > 0.5:
-            box(y["box"][i], "lime", "-")
+            draw_box(ax, y["box"][i], size, "lime", "-")
         if decoded["present"][i]:
-            box(decoded["box"][i], "red", "--")
+            draw_box(ax, decoded["box"][i], size, "red", "--")
         label = f"Pc {decoded['presence'][i]:.2f}, class {decoded['class'][i]}"
         ax.set_title(label, fontsize=7)
 
