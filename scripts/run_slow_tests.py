@@ -3,7 +3,7 @@
 One process per file because the TFLite converter has segfaulted after many conversions
 in one process. Two at a time because much of a slow test is single-threaded (conversion,
 calibration, process start-up): on 2 cores two files together finish sooner than one after
-the other. Each file's output is printed whole when it ends. Exit code 1 if any file
+the other. Each file's output is printed whole as soon as it ends. Exit code 1 if any file
 failed; pytest's 5 (no slow test in the file) is not a failure.
 """
 
@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_file, p, args.pytest_args) for p in slow_files()]
-        for future in futures:
+        for future in as_completed(futures):  # each file's output as soon as it ends
             path, code, output, seconds = future.result()
             print(f"== {path.relative_to(TESTS.parent)} ({seconds:.0f} s, exit {code})")
             print(output.rstrip(), flush=True)
