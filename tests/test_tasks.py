@@ -8,6 +8,7 @@ import pytest
 import mobilecv
 from mobilecv import postprocess
 from mobilecv.errors import InputError
+from mobilecv.features import backbone as feature_maps
 from mobilecv.tasks import get_task, list_tasks
 
 
@@ -49,6 +50,11 @@ def test_task_models_build_on_every_backbone_family(backbone):
         "localizer", backbone=backbone, classes=7, **{**knobs, "resolution": resolution + 32}
     )
     assert bigger.count_params() == localizer.count_params()
+    # YOLO on the backbone's deepest map: an S x S grid of B anchors, whatever the family.
+    deepest = max(int(k.removeprefix("stride")) for k in feature_maps(backbone, **knobs).output)
+    yolo = mobilecv.build("yolo", backbone=backbone, classes=7, anchors=2, stride=deepest, **knobs)
+    shapes = {n: tuple(t.shape[3:]) for n, t in zip(yolo.output_names, yolo.outputs, strict=True)}
+    assert shapes == {"objectness": (2,), "box": (2, 4), "scores": (2, 7)}
 
 
 def test_localisation_loss_is_the_courses(tmp_path):
