@@ -254,6 +254,30 @@ def detection(
     return out
 
 
+# What `detection` returns, and the outputs of a detector with its NMS in the graph
+# (mobilecv.tasks.detection_graph), which mean the same.
+DETECTIONS = ("boxes", "scores", "classes", "count")
+
+
+def keep_detections(found: dict, score_threshold: float, max_detections: int) -> dict:
+    """Decoded detections (sorted by score, as NMS leaves them) cut to those scoring above
+    ``score_threshold``, at most ``max_detections`` an image; the same fixed-size layout."""
+    boxes, scores, classes, count = (np.asarray(found[k]) for k in DETECTIONS)
+    n, slots = len(scores), min(int(max_detections), scores.shape[1])
+    out = {
+        "boxes": np.zeros((n, slots, 4), np.float32),
+        "scores": np.zeros((n, slots), np.float32),
+        "classes": np.full((n, slots), -1, np.int64),
+        "count": np.zeros(n, np.int64),
+    }
+    for i in range(n):
+        kept = np.flatnonzero(scores[i, : int(count[i])] > score_threshold)[:slots]
+        k = len(kept)
+        out["boxes"][i, :k], out["scores"][i, :k] = boxes[i, kept], scores[i, kept]
+        out["classes"][i, :k], out["count"][i] = classes[i, kept], k
+    return out
+
+
 DECODERS = {
     "classification": classification,
     "localisation": localisation,

@@ -29,14 +29,18 @@ NAMES = [f"thing{k}" for k in range(10)]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """float and int8 YOLO detectors, a classifier and a detector stripped of its anchors."""
+    """float and int8 YOLO detectors, one with its NMS in the graph, a classifier and a
+    detector stripped of its anchors."""
     import mobilecv
     from mobilecv.converters.tflite import convert
 
     d = tmp_path_factory.mktemp("detect_models")
     yolo = mobilecv.build("yolo", width=0.25, resolution=48, classes=10, input_channels=3)
-    paths = {name: d / f"{name}.tflite" for name in ("float", "int8", "classifier", "no_anchors")}
+    kinds = ("float", "int8", "in_graph", "classifier", "no_anchors")
+    paths = {name: d / f"{name}.tflite" for name in kinds}
     convert(yolo, "none", verify=False, progress=False).save(paths["float"])
+    in_graph = convert(yolo, "none", nms={"score_threshold": 0.01}, verify=False, progress=False)
+    in_graph.save(paths["in_graph"])
     int8 = convert(yolo, "int8", calibration="scenes", samples=32, verify=False, progress=False)
     int8.save(paths["int8"])
     classifier = mobilecv.build("mobilenet_v2", width=0.35, resolution=32, classes=3)
@@ -84,7 +88,7 @@ def cli(*args, cwd=None, no_tf: Path | None = None) -> subprocess.CompletedProce
     )
 
 
-@pytest.fixture(scope="module", params=["float", "int8"])
+@pytest.fixture(scope="module", params=["float", "int8", "in_graph"])
 def run(request, models, images, tmp_path_factory):
     """(model kind, the --json summary, the output folder) of one run on every image."""
     out = tmp_path_factory.mktemp(f"detect_{request.param}") / "out"
@@ -104,11 +108,15 @@ def reference(model: Path, image: Path) -> list[dict]:
         rgb = opened.convert("RGB")
     pixels = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR), np.float32)
     x = map_range(pixels[None], info.input_range).astype(np.float32)
-    outputs = runner.predict_outputs(x, postprocess.TASK_OUTPUTS["detection"])
-    decoded = postprocess.decode(
-        "detection", outputs, anchors=info.task_options["anchors"],
-        score_threshold=0.01, iou_threshold=0.5, max_detections=50,
-    )  # fmt: skip
+    if "nms" in info.task_options:  # the graph's own detections, cut by the same threshold
+        found = runner.predict_outputs(x, postprocess.DETECTIONS)
+        decoded = postprocess.keep_detections(found, score_threshold=0.01, max_detections=50)
+    else:
+        outputs = runner.predict_outputs(x, postprocess.TASK_OUTPUTS["detection"])
+        decoded = postprocess.decode(
+            "detection", outputs, anchors=info.task_options["anchors"],
+            score_threshold=0.01, iou_threshold=0.5, max_detections=50,
+        )  # fmt: skip
     n, scale = int(decoded["count"][0]), np.array([*rgb.size, *rgb.size])
     boxes = decoded["boxes"][0, :n].astype(np.float64) * scale
     return [

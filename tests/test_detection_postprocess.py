@@ -297,3 +297,17 @@ def test_ondevice_passes_the_metadatas_task_options_and_writes_json(monkeypatch)
     np.testing.assert_allclose(restored["boxes"][0][1], (0.75, 0.75, 1.0, 1.0), atol=0.02)
     with pytest.raises(ValueError, match="needs anchors"):
         ondevice.decode_outputs(interp, {**info, "task_options": {}}, repeats=1)
+
+
+def test_keep_detections_cuts_by_score_and_count_and_keeps_the_layout():
+    found = {
+        "boxes": np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) / 24,
+        "scores": np.array([[0.9, 0.5, 0.2], [0.3, 0.0, 0.0]], np.float32),
+        "classes": np.array([[4, 1, 2], [7, -1, -1]]),
+        "count": np.array([3, 1]),
+    }
+    kept = postprocess.keep_detections(found, score_threshold=0.4, max_detections=2)
+    assert kept["count"].tolist() == [2, 0]
+    assert kept["classes"].tolist() == [[4, 1], [-1, -1]]
+    np.testing.assert_array_equal(kept["boxes"][0], found["boxes"][0, :2])
+    assert not kept["boxes"][1].any() and kept["scores"].shape == (2, 2)

@@ -2,7 +2,8 @@
 
 A thin layer over the library: the model's metadata (mobilecv.modelinfo: task, input
 range, anchors), LiteRT (mobilecv.evaluate.TfliteModel) and the numpy post-processing
-(mobilecv.postprocess.decode). It only reads images, scales boxes to pixels and writes.
+(mobilecv.postprocess.decode), or, for a model converted with `--nms`, the detections its
+graph gives. It only reads images, scales boxes to pixels and writes.
 Nothing here imports TensorFlow, and numpy and Pillow are imported inside the command,
 so `mobilecv --help` does not pay for them.
 
@@ -35,6 +36,32 @@ class Found:
     width: int
     height: int
     detections: list[dict] = field(default_factory=list)  # category_id, bbox, score
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How a detector's outputs become detections: the numpy post-processing with the
+    model's anchors, or, for a model with its NMS in the graph, the graph's detections,
+    only cut further by the score threshold and the maximum (its IoU threshold is the one
+    given at conversion)."""
+
+    anchors: object
+    options: dict
+    in_graph: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        from mobilecv import postprocess
+
+        return postprocess.DETECTIONS if self.in_graph else postprocess.TASK_OUTPUTS["detection"]
+
+    def __call__(self, outputs: dict) -> dict:
+        from mobilecv import postprocess
+
+        if not self.in_graph:
+            return postprocess.decode("detection", outputs, anchors=self.anchors, **self.options)
+        keep = {k: self.options[k] for k in ("score_threshold", "max_detections")}
+        return postprocess.keep_detections(outputs, **keep)
 
 
 @click.command("detect")
@@ -82,8 +109,9 @@ def detect_command(
     channels (RGB to grey by luminance, grey repeated to RGB, alpha dropped), stretched
     to the model's input size (not letterboxed: the model's scenes are square) with
     bilinear filtering, mapped to the input range in its metadata and decoded with the
-    anchors in its metadata (mobilecv.postprocess). Boxes are scaled back to the
-    original image's pixels.
+    anchors in its metadata (mobilecv.postprocess); a model converted with --nms gives
+    its own detections, cut by the thresholds here (its IoU threshold is the one it was
+    converted with). Boxes are scaled back to the original image's pixels.
 
     Writes into the folder -o OUT: <stem>.png per image (the boxes drawn, a colour per
     class, labelled "name score"), detections.json (COCO results: image_id, file_name,
@@ -93,13 +121,14 @@ def detect_command(
     """
     options = _decode_options(score_threshold, iou_threshold, max_detections)
     info, anchors = _detector_info(model)
+    decoder = Decoder(anchors, options, in_graph="nms" in info.task_options)
     paths = _image_paths(images)
     targets = _targets(paths, Path(out_dir), force)
     names = _read_names(names_file) if names_file else None
     runner = _load_model(model)
-    classes = _check_model(runner, model, anchors, names, names_file)
+    classes = _check_model(runner, model, decoder, info, names, names_file)
     progress = not as_json and len(paths) > 1
-    found = _detect_all(runner, paths, targets, info.input_range, anchors, options, progress)
+    found = _detect_all(runner, paths, targets, info.input_range, decoder, progress)
     labels = names or [str(k) for k in range(classes)]
     written = _write_all(found, labels, Path(out_dir), force, progress)
     if as_json:
@@ -212,20 +241,23 @@ def _load_model(model: str):
     return runner
 
 
-def _check_model(runner, model: str, anchors, names, names_file) -> int:
+def _check_model(runner, model: str, decoder: Decoder, info, names, names_file) -> int:
     """The model's class count, after one blank image through the model and the decoder:
     outputs that do not fit its anchors are refused before any image is read."""
     import numpy as np
 
-    from mobilecv import postprocess
-
     blank = np.zeros(runner.input_shape, dtype=np.float32)
-    outputs = runner.predict_outputs(blank, postprocess.TASK_OUTPUTS["detection"])
     try:
-        postprocess.decode("detection", outputs, anchors=anchors)
-    except ValueError as exc:
+        outputs = runner.predict_outputs(blank, decoder.names)
+        decoder(outputs)
+    except (ValueError, KeyError, InputError) as exc:
         raise InputError(f"{model}: outputs unlike a YOLO detector's ({one_line(exc)})") from None
-    classes = int(outputs["scores"].shape[-1])
+    # A graph with NMS outputs detections, not class scores: its class count is a knob.
+    classes = (
+        int(info.source.get("classes", 0)) if decoder.in_graph else outputs["scores"].shape[-1]
+    )
+    if classes < 1:
+        raise InputError(f"{model}: its metadata does not say how many classes it has")
     if names is not None and len(names) != classes:
         raise InputError(f"{names_file} has {len(names)} names; the model has {classes} classes")
     return classes
@@ -302,25 +334,22 @@ def to_pixels(decoded: dict, width: int, height: int, i: int = 0) -> list[dict]:
     return found
 
 
-def _detect_one(runner, path: Path, target: Path, input_range, anchors, options) -> Found:
-    from mobilecv import postprocess
-
+def _detect_one(runner, path: Path, target: Path, input_range, decoder: Decoder) -> Found:
     image = read_image(path)
     x = model_input(image, runner.input_shape, input_range)
-    outputs = runner.predict_outputs(x, postprocess.TASK_OUTPUTS["detection"])
-    decoded = postprocess.decode("detection", outputs, anchors=anchors, **options)
+    decoded = decoder(runner.predict_outputs(x, decoder.names))
     width, height = image.size
     return Found(path, target, width, height, to_pixels(decoded, width, height))
 
 
-def _detect_all(runner, paths, targets, input_range, anchors, options, progress) -> list[Found]:
+def _detect_all(runner, paths, targets, input_range, decoder: Decoder, progress) -> list[Found]:
     """Every image read and detected, before anything is written."""
     from mobilecv.progress import Progress
 
     found = []
     with Progress("detecting", len(paths), "image", enabled=progress) as bar:
         for path, target in zip(paths, targets, strict=True):
-            found.append(_detect_one(runner, path, target, input_range, anchors, options))
+            found.append(_detect_one(runner, path, target, input_range, decoder))
             bar.update(1, note=path.name)
     return found
 

@@ -34,12 +34,13 @@ from types import ModuleType
 
 import numpy as np
 
+from mobilecv import postprocess
 from mobilecv._tf import get_keras, is_keras3_model, tf
 from mobilecv.errors import InputError
 from mobilecv.modelinfo import get_info, set_info
 
 LAYER_NAME = "yolo_nms"  # converters.tflite keeps the ops of this layer float in int8
-OUTPUTS = ("boxes", "scores", "classes", "count")
+OUTPUTS = postprocess.DETECTIONS  # the numpy decoder's names and meaning
 CLASS_OFFSET = 2.0  # per-class NMS: class c's boxes move to [2c, 2c + 1]
 DEFAULTS = {"max_detections": 50, "score_threshold": 0.25, "iou_threshold": 0.5}
 
