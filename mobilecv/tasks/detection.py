@@ -33,6 +33,7 @@ from types import ModuleType
 import numpy as np
 
 from mobilecv import postprocess
+from mobilecv.anchors import shape_iou
 from mobilecv.errors import InputError
 from mobilecv.registry import register_model
 from mobilecv.tasks.base import (
@@ -86,15 +87,6 @@ def anchors_array(anchors: int | Sequence) -> np.ndarray:
     if array.ndim != 2 or array.shape[1] != 2 or not len(array) or (array <= 0).any():
         raise InputError(f"anchors must be positive (w, h) pairs; got {anchors!r}")
     return array
-
-
-def shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """(N, B) IoU of boxes and anchors that share a centre (only the shapes count)."""
-    inter = np.minimum(wh[:, None, 0], anchors[None, :, 0]) * np.minimum(
-        wh[:, None, 1], anchors[None, :, 1]
-    )
-    union = wh[:, None].prod(-1) + anchors[None].prod(-1) - inter
-    return inter / np.maximum(union, 1e-12)
 
 
 def encode(
