@@ -222,6 +222,7 @@ def detection(
     score_threshold: float = 0.25,
     iou_threshold: float = 0.5,
     max_detections: int = 50,
+    multi_label: bool = False,
 ) -> dict[str, np.ndarray]:
     """A YOLO detector's outputs -> up to ``max_detections`` boxes per image, best first.
 
@@ -230,10 +231,18 @@ def detection(
     JSON-able): "boxes" (N, D, 4), "scores" (N, D), "classes" (N, D) (-1 where unused,
     boxes and scores 0 there) and "count" (N,) detections per image. ``anchors`` is
     required (a keyword only so that a missing one is a ValueError, not a TypeError).
+
+    ``multi_label``: a box is a candidate in every class whose objectness x probability
+    passes the threshold, not only in its best class. Scoring mAP this way (as ultralytics'
+    validator does) counts a box whose class came second as a lower-ranked detection of
+    the right class instead of a miss; deployment keeps one label a box.
     """
     if int(max_detections) < 1:
         raise ValueError(f"max_detections must be at least 1; got {max_detections}")
     boxes, confidence, classes = yolo_boxes(objectness, box, scores, anchors)
+    if multi_label:  # (N, K, C) confidence of every class
+        obj, _, probs, _ = _yolo_arrays(objectness, box, scores, anchors)
+        confidence = (obj[..., None] * probs).reshape(len(boxes), -1, probs.shape[-1])
     n, d = len(boxes), int(max_detections)
     out = {
         "boxes": np.zeros((n, d, 4), dtype=np.float32),
@@ -243,15 +252,25 @@ def detection(
     }
     for i in range(n):
         # Threshold first: NMS then sees tens of candidates, not S*S*B.
-        candidates = np.flatnonzero(confidence[i] > score_threshold)
-        picked = boxes[i, candidates], confidence[i, candidates], classes[i, candidates]
-        kept = candidates[per_class_nms(*picked, iou_threshold, d)]
+        cells, picked_scores, labels = _candidates(confidence[i], classes[i], score_threshold)
+        picked = boxes[i, cells], picked_scores, labels
+        kept = per_class_nms(*picked, iou_threshold, d)
         k = len(kept)
-        out["boxes"][i, :k] = boxes[i, kept]
-        out["scores"][i, :k] = confidence[i, kept]
-        out["classes"][i, :k] = classes[i, kept]
+        out["boxes"][i, :k] = picked[0][kept]
+        out["scores"][i, :k] = picked[1][kept]
+        out["classes"][i, :k] = picked[2][kept]
         out["count"][i] = k
     return out
+
+
+def _candidates(confidence, classes, threshold: float) -> tuple[np.ndarray, ...]:
+    """(box index, score, class) of every candidate above ``threshold``: one a box when
+    ``confidence`` is (K,), every passing class when it is (K, C)."""
+    if confidence.ndim == 2:
+        cells, labels = np.nonzero(confidence > threshold)
+        return cells, confidence[cells, labels], labels.astype(np.int64)
+    cells = np.flatnonzero(confidence > threshold)
+    return cells, confidence[cells], classes[cells]
 
 
 # What `detection` returns, and the outputs of a detector with its NMS in the graph

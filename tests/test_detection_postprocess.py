@@ -202,6 +202,17 @@ def test_detection_max_detections_keeps_the_best():
     assert got["count"].tolist() == [1, 0] and got["classes"].tolist() == [[0], [-1]]
 
 
+def test_multi_label_detection_keeps_a_box_in_each_class_that_passes():
+    out = one_object_grid()  # class probabilities (0.1, 0.7, 0.2), objectness 0.9
+    got = detection(**out, anchors=ANCHORS, score_threshold=0.1, multi_label=True)
+    assert got["count"].tolist() == [2]  # 0.63 and 0.18 pass; 0.09 does not
+    assert got["classes"][0, :2].tolist() == [1, 2]
+    np.testing.assert_allclose(got["scores"][0, :2], (0.63, 0.18), atol=1e-6)
+    np.testing.assert_allclose(got["boxes"][0, 1], ONE_OBJECT_BOX, atol=1e-6)
+    single = detection(**out, anchors=ANCHORS, score_threshold=0.1)
+    assert single["count"].tolist() == [1] and single["classes"][0, 0] == 1
+
+
 # -------------------------------------------------------- decode and bad inputs
 
 

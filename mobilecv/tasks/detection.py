@@ -304,8 +304,10 @@ class Detection(Task):
         )  # fmt: skip
 
     def score(self, outputs, y) -> dict[str, float]:
+        # Multi-label candidates, as ultralytics' validator scores mAP: a box whose right
+        # class came second still counts, ranked by its lower score.
         found = self.decode(outputs, score_threshold=MAP_SCORE_THRESHOLD,
-                            max_detections=MAP_MAX_DETECTIONS)  # fmt: skip
+                            max_detections=MAP_MAX_DETECTIONS, multi_label=True)  # fmt: skip
         classes = int(np.asarray(outputs["scores"]).shape[-1])
         return coco_map(found, y, classes)
 
