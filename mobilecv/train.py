@@ -521,8 +521,12 @@ def train(
     progress: bool = True,
     optimizer: str | Optimizer = Optimizer.ADAM,
     schedule: str | Schedule = Schedule.CONSTANT,
+    scenes=None,
 ):
     """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport).
+
+    `scenes` (for data "scenes": a SceneConfig, or a dict of its fields overriding the
+    task's default scenes) is the scenes trained, validated and tested on.
 
     With `cache_features` the trunk (the first `freeze` layers, by default all but the
     head) runs once and only the head trains, with the same optimizer and schedule.
@@ -535,7 +539,7 @@ def train(
     task = task_of(model)
     if cache_features and task.name != "classification":
         raise InputError(f"cache_features trains a classifier head; not for {task.name}")
-    splits = load_splits(data, limit=limit, task=task)
+    splits = load_splits(data, limit=limit, task=task, scenes=scenes)
     frozen = apply_freeze(
         model, Freeze.ALL_BUT_HEAD if cache_features and freeze is None else freeze
     )
@@ -591,7 +595,9 @@ def train(
         feature_cache=str(cache_path) if cache_path else None,
     )
     if evaluate_test:
-        test = load_split(splits.train.name, Split.TEST, classes=splits.classes, task=task)
+        test = load_split(
+            splits.train.name, Split.TEST, classes=splits.classes, task=task, scenes=scenes
+        )
         report.test_accuracy = evaluate(model, test, batch_size).get("accuracy")
     return model, report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -325,3 +326,68 @@ def test_tiles_are_whole_source_squares_whose_corners_are_the_keypoints():
         # The visible mask fills the quad, so its box is the corners' box (pixel rounding).
         assert np.abs(scene.boxes[0] - hull).max() <= 1.0, (scene.boxes[0], hull)
         assert scene.masks[0].sum() > 0.5 * (hull[2] - hull[0]) * (hull[3] - hull[1])
+
+
+# --------------------------------------------------------------------------- faces
+
+FACES = SceneConfig(
+    size=64, channels=1, sources=("faces",), objects=(1, 3), scale=(0.2, 0.45), seed=5
+)
+
+
+@pytest.fixture(scope="module")
+def faces() -> dict[Split, scenes.SceneSet]:
+    return {split: generate(split, 30, FACES) for split in Split}
+
+
+def test_lfw_faces_are_the_first_100_and_split_disjointly():
+    lfw = scenes._lfw_subset()
+    assert lfw.shape == (200, 25, 25) and lfw.dtype == np.uint8 and lfw.max() > 200
+    ids = {split: scenes.lfw_split_indices(split) for split in Split}
+    assert [len(ids[s]) for s in Split] == [72, 8, 20]
+    assert sorted(np.concatenate(list(ids.values())).tolist()) == list(range(100))
+    negatives = np.concatenate([scenes.lfw_split_indices(s, faces=False) for s in Split])
+    assert sorted(negatives.tolist()) == list(range(100, 200))
+
+
+def test_face_scenes_draw_each_split_s_own_faces_and_label_them_face(faces):
+    used = {}
+    for split, scene_set in faces.items():
+        assert scene_set.class_names == ("face",) and set(scene_set.classes) == {0}
+        assert scene_set.images.shape[1:] == (64, 64, 1)
+        numbers = {int(s.rsplit("/", 1)[1]) for s in scene_set.source_ids}
+        assert all(s.startswith("lfw_subset/") for s in scene_set.source_ids)
+        assert numbers <= set(scenes.lfw_split_indices(split).tolist())
+        used[split] = numbers
+    assert not used[Split.TRAIN] & used[Split.VALIDATION]
+    assert not used[Split.TRAIN] & used[Split.TEST]
+    again = generate(Split.TEST, 30, FACES)
+    np.testing.assert_array_equal(again.images, faces[Split.TEST].images)
+    np.testing.assert_array_equal(again.boxes, faces[Split.TEST].boxes)
+
+
+def test_face_boxes_are_their_masks_boxes_and_the_mask_is_an_ellipse(faces):
+    for scene_set in faces.values():
+        for i in range(len(scene_set)):
+            scene = scene_set.scene(i)
+            for box, mask in zip(scene.boxes, scene.masks, strict=True):
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                np.testing.assert_array_equal(box, [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    # Unrotated and alone, a face fills its box as an ellipse does (pi / 4), not a square.
+    single = generate("train", 20, dataclasses.replace(FACES, objects=(1, 1), rotation=0))
+    for i in range(len(single)):
+        mask = single.scene(i).masks[0]
+        x0, y0, x1, y1 = single.boxes[i].astype(int)
+        fill = mask.sum() / ((x1 - x0) * (y1 - y0))
+        assert 0.70 < fill < 0.86, fill
+        assert not mask[y0, x0] and not mask[y1 - 1, x1 - 1]  # corners are background
+
+
+def test_distractors_paint_the_background_and_add_no_label():
+    plain = SceneConfig(size=64, channels=1, sources=("faces",), objects=(0, 0), seed=2)
+    cluttered = dataclasses.replace(plain, distractors=(2, 2))
+    a, b = generate("train", 10, plain), generate("train", 10, cluttered)
+    assert len(b.boxes) == 0 and not b.instance_maps.any()
+    assert not np.array_equal(a.images, b.images)
+    with pytest.raises(InputError, match="distractors"):
+        SceneConfig(distractors=(3, 1))

@@ -2,7 +2,7 @@
 
 No real multi-object set with boxes ships offline, so localisation, landmarks, detection
 and segmentation train and test on *synthetic compositions* of real pixels: Fashion-MNIST
-items and OpenCV's handwritten digits, scaled, flipped, rotated and optionally warped in
+items, OpenCV's handwritten digits and scikit-image's LFW faces, scaled, flipped, rotated and optionally warped in
 perspective onto crops of real textures and photos (mobilecv.data.assets.Background).
 Every label comes from the pasted object's own pixels after every transform:
 
@@ -32,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilecv.data.assets import Background, background, digits_split_indices, opencv_digits
+from mobilecv.data.assets import (
+    DIGITS_TEST_FRACTION,
+    DIGITS_VAL_FRACTION,
+    Background,
+    background,
+    digits_split_indices,
+    opencv_digits,
+)
 from mobilecv.data.datasets import SPLIT_SEED, Split, _carve, load_arrays
 from mobilecv.errors import InputError, parse_choice
 from mobilecv.fileio import atomic_path, write_json
@@ -69,19 +76,32 @@ class ObjectSource(enum.StrEnum):
 
     FASHION_MNIST = "fashion_mnist"
     DIGITS = "digits"  # OpenCV's digits.png (real handwriting, 20x20)
+    FACES = "faces"  # scikit-image's lfw_subset: 100 real faces, 25x25 grey
+
+
+FACE_CLASSES = ("face",)
+LFW_FACES = 100  # lfw_subset(): the first 100 of its 200 images are faces, the rest not
+LFW_SIDE = 25
 
 
 _CLASS_NAMES = {
     ObjectSource.FASHION_MNIST: FASHION_MNIST_CLASSES,
     ObjectSource.DIGITS: DIGIT_CLASSES,
+    ObjectSource.FACES: FACE_CLASSES,
 }
-# A mirrored digit is another glyph; a mirrored shoe is still a shoe.
-_FLIPPABLE = {ObjectSource.FASHION_MNIST}
+# A mirrored digit is another glyph; a mirrored shoe, or face, is still a shoe or a face.
+_FLIPPABLE = {ObjectSource.FASHION_MNIST, ObjectSource.FACES}
 # Source pixels above the threshold (of 255) are the object. 16 leaves Fashion-MNIST the
 # fewest stray specks, and a garment's dark inner parts are filled in; a digit is its
 # strokes (64 drops the faint anti-aliased rim), and the hole of a 0 stays background.
 _MASK_THRESHOLD = {ObjectSource.FASHION_MNIST: 16, ObjectSource.DIGITS: 64}
 _FILL_HOLES = {ObjectSource.FASHION_MNIST}
+# An LFW crop is all face (brow to chin, cheek to cheek) on no background of its own, so no
+# threshold finds it: its mask is the ellipse inscribed in the square. Pasting the whole
+# square would teach a detector to find square edges, which no face in a photo has; the
+# ellipse keeps the face, drops the corners (hair, collar, the original photo's backdrop)
+# and still touches all four sides, so the box is the whole crop, as in the source set.
+_ELLIPSE_MASK = {ObjectSource.FACES}
 
 
 def _pair(value, what: str, kind=float) -> tuple:
@@ -112,6 +132,10 @@ class SceneConfig:
     tilt: float = 0.0
     max_iou: float = 0.3  # between the final boxes of any two objects of a scene
     min_visible: float = 0.6  # share of an object's pixels that later objects leave visible
+    # Unlabelled hard negatives a scene, inclusive: lfw_subset's non-face crops (real
+    # background from the same photos as its faces), pasted like objects under them. They
+    # are part of the background: no label, no mask, and objects may cover them.
+    distractors: tuple[int, int] = (0, 0)
     # "object": the item's own pixels; "tile": its whole source square, background included,
     # a dark card with the item on it, whose four corners are visible like a marker's.
     paste: str = "object"
@@ -122,6 +146,7 @@ class SceneConfig:
             object.__setattr__(self, name, value)
 
         put("objects", _pair(self.objects, "objects", int))
+        put("distractors", _pair(self.distractors, "distractors", int))
         put("scale", _pair(self.scale, "scale"))
         sources = (self.sources,) if isinstance(self.sources, str) else tuple(self.sources)
         put("sources", tuple(parse_choice(ObjectSource, s, "object source") for s in sources))
@@ -138,6 +163,8 @@ class SceneConfig:
             problems.append(f"channels must be 1 or 3, got {self.channels}")
         if self.objects[0] < 0 or self.objects[1] > 32:
             problems.append(f"objects must lie in [0, 32], got {self.objects}")
+        if self.distractors[0] < 0 or self.distractors[1] > 32:
+            problems.append(f"distractors must lie in [0, 32], got {self.distractors}")
         if not 0.0 <= self.empty_share <= 1.0:
             problems.append(f"empty_share must be in [0, 1], got {self.empty_share}")
         if not self.sources or len(set(self.sources)) != len(self.sources):
@@ -264,7 +291,36 @@ class _Pool:
 
 
 @cache
+def _lfw_subset() -> np.ndarray:
+    """scikit-image's 200 LFW crops as uint8 (N, 25, 25); the first 100 are faces."""
+    import skimage.data
+
+    images = np.asarray(skimage.data.lfw_subset())
+    if images.shape != (2 * LFW_FACES, LFW_SIDE, LFW_SIDE):
+        raise InputError(
+            f"skimage.data.lfw_subset() has shape {images.shape}, expected (200, 25, 25)"
+        )
+    if images.dtype != np.uint8:  # scikit-image gives floats in [0, 1], whatever its doc says
+        images = np.clip(np.rint(np.asarray(images, np.float64) * 255.0), 0, 255).astype(np.uint8)
+    images.flags.writeable = False
+    return images
+
+
+def lfw_split_indices(split: str | Split, faces: bool = True) -> np.ndarray:
+    """Indices into lfw_subset() of one split of its faces (or of its non-faces): 20 test,
+    8 validation and 72 train of each 100, carved as load_arrays carves (test first)."""
+    split = parse_choice(Split, split, "split")
+    rest, test = _carve(LFW_FACES, DIGITS_TEST_FRACTION, SPLIT_SEED + 1)
+    train, val = _carve(len(rest), DIGITS_VAL_FRACTION, SPLIT_SEED)
+    chosen = {Split.TEST: test, Split.TRAIN: rest[train], Split.VALIDATION: rest[val]}[split]
+    return chosen if faces else chosen + LFW_FACES
+
+
+@cache
 def _pool(source: ObjectSource, split: Split) -> _Pool:
+    if source is ObjectSource.FACES:
+        ids = lfw_split_indices(split)
+        return _Pool(_lfw_subset()[ids], np.zeros(len(ids), np.int64), ids, "lfw_subset")
     if source is ObjectSource.DIGITS:
         x, y = opencv_digits(split)
         return _Pool(x[..., 0], y, digits_split_indices(split), "digits/digits.png")
@@ -280,9 +336,12 @@ def _pool(source: ObjectSource, split: Split) -> _Pool:
 
 
 def _object_mask(patch: np.ndarray, source: ObjectSource) -> np.ndarray:
-    """The object's own pixels in its source image: bright pixels, without specks."""
+    """The object's own pixels in its source image: bright pixels, without specks (or, for
+    a face, the ellipse inscribed in its crop)."""
     from scipy import ndimage
 
+    if source in _ELLIPSE_MASK:
+        return _ellipse(patch.shape)
     mask = patch > _MASK_THRESHOLD[source]
     if source in _FILL_HOLES:
         mask = ndimage.binary_fill_holes(mask)
@@ -292,6 +351,14 @@ def _object_mask(patch: np.ndarray, source: ObjectSource) -> np.ndarray:
         keep[0] = False
         mask = keep[labels]
     return mask
+
+
+def _ellipse(shape: tuple[int, int]) -> np.ndarray:
+    """The pixels whose centres lie in the ellipse inscribed in a (rows, cols) rectangle."""
+    rows, cols = shape
+    y = (np.arange(rows) + 0.5) / rows * 2 - 1
+    x = (np.arange(cols) + 0.5) / cols * 2 - 1
+    return y[:, None] ** 2 + x[None, :] ** 2 <= 1.0
 
 
 class _Canvas:
@@ -425,6 +492,16 @@ def _candidate(rng, config: SceneConfig, pools: list[_Pool]) -> _Placed | None:
         mask = _object_mask(patch, config.sources[source])
     if not mask.any():
         return None
+    placed = _place(rng, config, patch, mask)
+    if placed is None:
+        return None
+    window, pixels, warped, points = placed
+    return _Placed(window, warped, pixels, points, source, index, int(warped.sum()))
+
+
+def _place(rng, config: SceneConfig, patch: np.ndarray, mask: np.ndarray):
+    """(window, pixels, mask, points) of `patch` scaled, rotated, squashed, warped and put
+    at a random place in the scene, or None when that draw does not fit."""
     x0, y0, x1, y1 = _mask_box(mask)
     corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
     centre = corners.mean(axis=0)
@@ -447,8 +524,30 @@ def _candidate(rng, config: SceneConfig, pools: list[_Pool]) -> _Placed | None:
     pixels, warped = _warp_into_window(patch, mask, matrix, window)
     if not warped.any():
         return None
-    points = np.vstack([quad, _apply(matrix, centre[None])])
-    return _Placed(window, warped, pixels, points, source, index, int(warped.sum()))
+    return window, pixels, warped, np.vstack([quad, _apply(matrix, centre[None])])
+
+
+def _negatives(split: Split) -> np.ndarray:
+    """lfw_subset's non-face crops of one split: the distractors' source."""
+    return _lfw_subset()[lfw_split_indices(split, faces=False)]
+
+
+def _paste_distractors(rng, config: SceneConfig, image: np.ndarray, negatives) -> None:
+    """Paint unlabelled non-face crops onto the background, placed as objects are. Drawn
+    only when asked for, so configs without distractors keep their scenes."""
+    if config.distractors[1] == 0:
+        return
+    mask = _ellipse(negatives.shape[1:])
+    for _ in range(int(rng.integers(config.distractors[0], config.distractors[1] + 1))):
+        patch = negatives[int(rng.integers(len(negatives)))]
+        if config.flip and rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        for _ in range(MAX_TRIES):
+            placed = _place(rng, config, patch, mask)
+            if placed is not None:
+                window, pixels, warped, _ = placed
+                image[window][warped] = pixels[warped][:, None]
+                break
 
 
 def _squash(rng, tilt: float) -> np.ndarray:
@@ -484,11 +583,13 @@ def _object_count(rng, config: SceneConfig) -> int:
     return int(rng.integers(config.objects[0], config.objects[1] + 1))
 
 
-def _compose(rng, config: SceneConfig, pools, canvases):
-    """One scene: background crop, objects placed one by one, then painted in order."""
+def _compose(rng, config: SceneConfig, pools, canvases, negatives=None):
+    """One scene: background crop (and distractors on it), objects placed one by one, then
+    painted in order."""
     count = _object_count(rng, config)
     background_id = int(rng.integers(len(canvases)))
     image = canvases[background_id].crop(rng, config.size)
+    _paste_distractors(rng, config, image, negatives)
     owner = np.full((config.size, config.size), -1, dtype=np.int16)
     placed: list[_Placed] = []
     for _ in range(count):
@@ -533,13 +634,14 @@ def generate(split: str | Split, count: int, config: SceneConfig | None = None) 
     rng = np.random.default_rng([config.seed, _SPLIT_STREAM[split]])
     pools = [_pool(source, split) for source in config.sources]
     canvases = [_canvas(name, config.size, config.channels) for name in config.backgrounds]
+    negatives = _negatives(split) if config.distractors[1] else None
     size = config.size
     images = np.empty((count, size, size, config.channels), dtype=np.uint8)
     maps = np.zeros((count, size, size), dtype=np.uint8)
     rows: list[tuple] = []
     offsets, background_ids = [0], []
     for i in range(count):
-        images[i], owner, placed, background_id = _compose(rng, config, pools, canvases)
+        images[i], owner, placed, background_id = _compose(rng, config, pools, canvases, negatives)
         maps[i] = owner + 1
         background_ids.append(background_id)
         rows += _label_rows(placed, owner, pools, config)

@@ -247,9 +247,11 @@ def single_object_scenes(split: str, limit: int | None, config):
 
 def scene_config(defaults, overrides: Mapping[str, Any] | None):
     """A task's default SceneConfig with a recipe's or caller's overrides (unknown keys
-    are an InputError naming them)."""
+    are an InputError naming them); a whole SceneConfig given is used as it is."""
     import dataclasses
 
+    if isinstance(overrides, type(defaults)):
+        return overrides
     overrides = dict(overrides or {})
     known = {f.name for f in dataclasses.fields(defaults)}
     unknown = sorted(set(overrides) - known)

@@ -164,6 +164,8 @@ def class_loss(y_true, y_pred):
     from mobilecv._tf import tf
 
     T = tf()
+    if y_pred.shape.rank == y_true.shape.rank:  # one class: tf_keras squeezed its axis away
+        y_pred = T.expand_dims(y_pred, -1)
     label = T.cast(y_true, T.int32)
     present = T.cast(label >= 0, T.float32)
     p = T.clip_by_value(y_pred, 1e-7, 1.0)
@@ -183,7 +185,8 @@ def yolo_head(K, x, *, anchors: int, classes: int, hidden: int, prefix: str = "y
 
     def part(name: str, per_anchor: int, activation: str):
         y = K.layers.Conv2D(anchors * per_anchor, 1, activation=activation, name=f"{prefix}_{name}")(x)  # fmt: skip
-        shape = (rows, cols, anchors) + ((per_anchor,) if per_anchor > 1 else ())
+        # objectness has no trailing axis; box and scores keep theirs (one class: (..., 1))
+        shape = (rows, cols, anchors) + ((per_anchor,) if name != "objectness" else ())
         return K.layers.Reshape(shape, name=name if name != "scores" else f"{prefix}_grid")(y)
 
     logits = part("scores", classes, "linear")
