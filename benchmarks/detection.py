@@ -62,7 +62,10 @@ CENTROIDS = {
     "classes": 10,
     "stride": 8,
 }
-FACES = dict(YOLO, classes=1)
+# Grey, as the photo and LFW are; anchors by k-means on the face scenes (face_anchors).
+FACES = dict(YOLO, classes=1, input_channels=1)
+FACE_TRAIN_SCENES = 2500  # 72 training faces: more scenes repeat them
+FACE_BATCH = 32
 TWO_STAGE = {k: v for k, v in YOLO.items() if k not in ("name", "anchors")}
 # The targets.
 YOLO_FLOAT_MAP50 = 0.90
@@ -90,6 +93,7 @@ def parse_args(argv):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     for part in ("centroid", "face", "two_stage"):
         p.add_argument(f"--{part.replace('_', '-')}-epochs", type=int, help="default: --epochs")
+    p.add_argument("--face-scenes", type=int, default=FACE_TRAIN_SCENES, help="train scenes")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak rate (cosine decay)")
     p.add_argument("--qat-lr", type=float, default=1e-4)
@@ -106,6 +110,7 @@ def parse_args(argv):
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+        args.face_scenes = QUICK["train_scenes"]
     for part in ("centroid", "face", "two_stage"):
         if getattr(args, f"{part}_epochs") is None or args.quick:
             setattr(args, f"{part}_epochs", args.epochs)
@@ -453,9 +458,14 @@ def face_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     from mobilecv.train import task_of
 
     scenes = face_check.face_scenes()
-    task = task_of(build_from(FACES))
-    splits, test = scene_splits(task, args, scenes=scenes)
-    model, report = train_model(build_from(FACES), splits, args, epochs=args.face_epochs)
+    spec = dict(FACES, anchors=face_check.face_anchors(3))
+    task = task_of(build_from(spec))
+    # Batch 32: 2,500 scenes give few steps an epoch at 64.
+    face_args = argparse.Namespace(
+        **{**vars(args), "train_scenes": args.face_scenes, "batch_size": FACE_BATCH}
+    )
+    splits, test = scene_splits(task, face_args, scenes=scenes)
+    model, report = train_model(build_from(spec), splits, face_args, epochs=args.face_epochs)
     task = task_of(model)
     x = model_inputs(test.x, model)
     calibration = model_inputs(splits.train.x[: args.calibration_samples], model)
