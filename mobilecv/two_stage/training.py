@@ -49,17 +49,17 @@ def mirror(images: np.ndarray, boxes: np.ndarray, flip: np.ndarray):
     return images, boxes
 
 
-def batch_targets(detector: TwoStage, x, boxes, classes, rng):
-    """Numpy targets of one batch: RPN labels and deltas, and the head's sampled ROIs as
-    crop boxes with their classes and deltas."""
+def batch_targets(detector: TwoStage, first: dict, boxes, classes, rng):
+    """Numpy targets of one batch from stage 1's inference outputs ``first`` on it: RPN
+    labels and deltas, and the head's sampled ROIs as crop boxes with their classes and
+    deltas."""
     config = detector.config
     anchors = config.anchor_boxes
-    first = detector.stage1(x, training=False)
     rois, _ = B.proposals(
         np.asarray(first["objectness"]), np.asarray(first["deltas"]), anchors, 2 * ROI_SAMPLE
     )
     parts = {k: [] for k in ("rpn_labels", "rpn_deltas", "rois", "roi_classes", "roi_deltas")}
-    for i in range(len(x)):
+    for i in range(len(boxes)):
         truth, labels = B.objects(boxes[i], classes[i])
         rpn = B.rpn_targets(anchors, truth, rng, RPN_SAMPLE)
         candidates = np.concatenate([rois[i], truth, B.jitter(truth, rng)])
@@ -157,13 +157,13 @@ def train_two_stage(
     steps = steps_per_epoch(len(train), batch_size)
     K = get_keras("keras3" if is_keras3_model(detector.stage1) else "tf_keras")
     optimizer = make_optimizer(K, "adam", learning_rate, decay_steps=epochs * steps)
-    step = _step_function(detector, optimizer)
+    step, forward = _step_function(detector, optimizer), _forward_function(detector)
     history: dict[str, list[float]] = {}
     start = time.perf_counter()
     for _ in range(int(epochs)):
         sums: dict[str, float] = {}
         for batch in np.array_split(rng.permutation(len(train)), steps):
-            terms = _train_batch(detector, step, train, batch, rng)
+            terms = _train_batch(detector, forward, step, train, batch, rng)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / steps
         for k, v in sums.items():
@@ -178,9 +178,22 @@ def train_two_stage(
     return detector, report
 
 
-def _train_batch(detector: TwoStage, step, data, batch: np.ndarray, rng) -> dict:
+def _forward_function(detector: TwoStage):
+    """Stage 1 in inference mode, compiled: the proposals of a training step."""
+    from mobilecv._tf import tf
+
+    @tf().function(reduce_retracing=True)
+    def forward(x):
+        out = detector.stage1(x, training=False)
+        return {"objectness": out["objectness"], "deltas": out["deltas"]}
+
+    return forward
+
+
+def _train_batch(detector: TwoStage, forward, step, data, batch: np.ndarray, rng) -> dict:
     flip = rng.random(len(batch)) < 0.5
     images, boxes = mirror(data.x[batch], data.y["box"][batch], flip)
     x = model_inputs(images, detector.config)
-    targets = batch_targets(detector, x, boxes, data.y["class"][batch], rng)
+    first = {k: v.numpy() for k, v in forward(x).items()}
+    targets = batch_targets(detector, first, boxes, data.y["class"][batch], rng)
     return step(x, targets)
