@@ -276,3 +276,10 @@ def test_a_small_centroid_grid_runs_in_int8_in_tflite_micro_as_in_litert(tmp_pat
             }
         )
     )
+
+
+def test_the_run_report_prints_the_count_error_as_objects_not_a_percentage():
+    from mobilecv.run_report import _figure
+
+    assert _figure("count_error", 1.5) == "1.5000"
+    assert _figure("centroid_f1", 0.5) == "50.00%"
