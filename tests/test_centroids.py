@@ -252,11 +252,11 @@ def test_a_small_centroid_grid_runs_in_int8_in_tflite_micro_as_in_litert(tmp_pat
     tflm = dequantize(np.load(tmp_path / "y.npy"), litert.output)
     reference = litert.predict_outputs(model_inputs(test.x, model), ("heatmap",))["heatmap"]
     assert tflm.shape == reference.shape == (8, 8, 8, 11)
-    # TFLM's reference kernels (its int8 softmax above all) round apart from LiteRT's by a
-    # few steps of the output scale; what must hold is the decoded centroids.
-    scale = litert.output["quantization"][0]
-    difference = np.abs(tflm - reference)
-    assert difference.mean() <= scale and difference.max() <= 12 * scale, difference.max()
+    # TFLM's int8 softmax approximates exp otherwise than LiteRT's: on the trained probe
+    # model the outputs differ by 0.2 steps of the output scale on average, 5 at the 99th
+    # percentile and up to 50 in rare cells; what must hold is the decoded centroids.
+    steps = np.abs(tflm - reference) / litert.output["quantization"][0]
+    assert steps.mean() <= 1.0 and np.percentile(steps, 99) <= 8, np.percentile(steps, 99)
     task = task_of(model)
     agreement = task.agreement({"heatmap": reference}, {"heatmap": tflm})
     assert agreement["centroid_agreement_f1"] >= 0.95, agreement
@@ -271,7 +271,7 @@ def test_a_small_centroid_grid_runs_in_int8_in_tflite_micro_as_in_litert(tmp_pat
         json.dumps(
             {
                 "arena": measured["arena_bytes"],
-                "max_steps": float(difference.max() / scale),
+                "max_steps": float(steps.max()),
                 **agreement,
             }
         )
