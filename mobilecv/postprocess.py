@@ -297,11 +297,78 @@ def keep_detections(found: dict, score_threshold: float, max_detections: int) ->
     return out
 
 
+# ------------------------------------------------------------------ centroids
+
+
+def _components(probs: np.ndarray, threshold: float) -> list[tuple[float, float, float, int]]:
+    """One (rows, cols, 1 + C) heatmap -> (score, x, y, class) of each 4-connected group of
+    cells of one class whose probability is >= ``threshold``, in scan order. The point is
+    the score-weighted mean of the group's cell centres, the score its best cell's."""
+    rows, cols, _ = probs.shape
+    on = probs[..., 1:] >= threshold
+    seen = np.zeros_like(on)
+    found = []
+    for r, c, k in np.argwhere(on):
+        if seen[r, c, k]:
+            continue
+        seen[r, c, k] = True
+        stack, cells = [(r, c)], []
+        while stack:
+            i, j = stack.pop()
+            cells.append((i, j))
+            for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
+                if 0 <= a < rows and 0 <= b < cols and on[a, b, k] and not seen[a, b, k]:
+                    seen[a, b, k] = True
+                    stack.append((a, b))
+        at = np.asarray(cells)
+        weight = probs[at[:, 0], at[:, 1], k + 1]
+        x = float(np.average((at[:, 1] + 0.5) / cols, weights=weight))
+        y = float(np.average((at[:, 0] + 0.5) / rows, weights=weight))
+        found.append((float(weight.max()), x, y, int(k)))
+    return found
+
+
+def centroids(
+    heatmap: np.ndarray, threshold: float = 0.5, max_points: int = 20
+) -> dict[str, np.ndarray]:
+    """A centroid grid's (FOMO's) heatmap -> up to ``max_points`` object centres per image.
+
+    ``heatmap`` (N, S_h, S_w, 1 + C) is a softmax per cell over background (channel 0) and
+    C classes. Cells whose class probability is >= ``threshold`` are object centres; the
+    4-connected cells of one class merge into one centroid (an object often lights its
+    neighbours too), at the score-weighted mean of their cell centres, scored by its best
+    cell. Fixed-size arrays, best score first: "points" (N, K, 2) (x, y) fractions of the
+    image, "scores" (N, K), "classes" (N, K) (-1 where unused, points and scores 0 there)
+    and "count" (N,).
+    """
+    probs = np.asarray(heatmap, dtype=np.float32)
+    if probs.ndim != 4 or probs.shape[-1] < 2:
+        raise ValueError(f"heatmap must be (N, S, S, 1 + classes); got shape {probs.shape}")
+    if int(max_points) < 1:
+        raise ValueError(f"max_points must be at least 1; got {max_points}")
+    n, k = len(probs), int(max_points)
+    out = {
+        "points": np.zeros((n, k, 2), dtype=np.float32),
+        "scores": np.zeros((n, k), dtype=np.float32),
+        "classes": np.full((n, k), -1, dtype=np.int64),
+        "count": np.zeros(n, dtype=np.int64),
+    }
+    for i in range(n):
+        found = sorted(_components(probs[i], float(threshold)), key=lambda f: -f[0])[:k]
+        for j, (score, x, y, label) in enumerate(found):
+            out["points"][i, j] = (x, y)
+            out["scores"][i, j] = score
+            out["classes"][i, j] = label
+        out["count"][i] = len(found)
+    return out
+
+
 DECODERS = {
     "classification": classification,
     "localisation": localisation,
     "landmarks": landmarks,
     "detection": detection,
+    "centroids": centroids,
 }
 # Each task's model outputs, by name (the Keras output names, kept in the .tflite's
 # signature); mobilecv.tasks uses these names too.
@@ -310,6 +377,7 @@ TASK_OUTPUTS = {
     "localisation": ("presence", "box", "scores"),
     "landmarks": ("points",),
     "detection": ("objectness", "box", "scores"),
+    "centroids": ("heatmap",),
 }
 
 

@@ -63,10 +63,11 @@ _COUNTS = ("present_objects", "objects", "samples")
 
 
 def _figure(name: str, value) -> str:
-    """A score as a percentage, except errors (NME, point error), which are fractions."""
+    """A score as a percentage, except errors (NME, point error: fractions; count error:
+    objects a scene), which are plain numbers."""
     if value is None:
         return "—"
-    return f"{value:.4f}" if name in ("nme", "point_error") else _pct(value)
+    return f"{value:.4f}" if name in ("nme", "point_error", "count_error") else _pct(value)
 
 
 def _training_section(out: Path) -> list[str]:

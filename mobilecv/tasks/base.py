@@ -12,7 +12,7 @@ from mobilecv.errors import InputError
 
 _TASKS: dict[str, Task] = {}
 # The modules that register the built-in tasks, imported on first use.
-_BUILTIN = ("classification", "localisation", "landmarks", "detection")
+_BUILTIN = ("classification", "localisation", "landmarks", "detection", "centroids")
 
 
 class Task:
