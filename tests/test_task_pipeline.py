@@ -28,6 +28,7 @@ TASK_MODELS = {
     "localisation": ("localizer", {"classes": 10}),
     "landmarks": ("landmarker", {}),
     "detection": ("yolo", {"classes": 10}),
+    "centroids": ("centroid_grid", {"classes": 10}),
 }
 TINY = {"width": 0.25, "resolution": 48, "input_channels": 3}
 
