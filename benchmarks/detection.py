@@ -87,7 +87,15 @@ FULL = {
 # The other models' epochs: the centroid grid's recipe; the face probe's; the two-stage
 # detector's fit in the run's time (about 5 minutes an epoch of 6,000 scenes here).
 PART_EPOCHS = {"centroid": 6, "face": 8, "two_stage": 4}
-QUICK = {"epochs": 1, "train_scenes": 512, "val_scenes": 64, "test_scenes": 128, "qat_epochs": 1}
+QUICK = {
+    "epochs": 1,
+    "train_scenes": 512,
+    "val_scenes": 64,
+    "test_scenes": 128,
+    "qat_epochs": 1,
+    "latency_runs": 10,
+    "calibration_samples": 64,
+}
 
 
 def parse_args(argv):
