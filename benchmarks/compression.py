@@ -46,8 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as common
 import numpy as np
+from _support import common
 
 import mobilecv
 from mobilecv.fileio import write_text

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as common
+from _support import common
 
 import mobilecv
 

@@ -25,8 +25,8 @@ import os
 import sys
 import time
 
-import _common as common
 import numpy as np
+from _support import common
 
 from mobilecv.bench import devices, estimate, micro
 from mobilecv.bench.harness import RunConfig, measure

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common as common
+from _support import common
 
 from mobilecv.bench.harness import RunConfig, measure
 from mobilecv.bench.samples import cached_model, mobilenet_v2, tiny_mobilenet

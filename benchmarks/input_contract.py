@@ -26,7 +26,7 @@ import json
 import sys
 import time
 
-import _common as common
+from _support import common
 
 import mobilecv
 

@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-import _common as common
 import numpy as np
+from _support import common
 
 import mobilecv
 

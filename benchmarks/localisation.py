@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-import _common as common
+from _support import common
 
 import mobilecv
 

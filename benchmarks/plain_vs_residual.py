@@ -19,8 +19,8 @@ import os
 import sys
 import time
 
-import _common as common
 import numpy as np
+from _support import common
 
 import mobilecv
 from mobilecv.data.datasets import load_arrays, to_dataset

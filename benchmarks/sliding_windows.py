@@ -33,8 +33,8 @@ import statistics
 import sys
 import time
 
-import _common as common
 import numpy as np
+from _support import common
 
 import mobilecv
 

@@ -1,7 +1,8 @@
 """What the benchmark scripts share: paths, logging, the machine block, their outputs.
 
 Run a script as `python benchmarks/<name>.py`: its folder is then first on sys.path, so
-`import _common` finds this file. Importing it quiets TensorFlow's C++ log (before
+`from _support import common` finds this file (a folder of its own: it is no benchmark and
+writes no figures). Importing it quiets TensorFlow's C++ log (before
 anything imports TensorFlow) and puts the repository root first on sys.path, so the
 scripts use this checkout's mobilecv.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "benchmarks" / "out"  # where the scripts write by default
 README = ROOT / "README.md"
 sys.path.insert(0, str(ROOT))
