@@ -166,26 +166,6 @@ def train_model(model, splits, args, epochs: int | None = None):
     )
 
 
-def qat_finetune(model, splits, args):
-    """QAT from the trained float weights, through the compress pipeline."""
-    from mobilecv.compress.pipeline import compress
-    from mobilecv.data.augment import from_names
-
-    common.log(f"== QAT fine-tune of {model.name}, {args.qat_epochs} epoch(s)")
-    start = time.perf_counter()
-    qat, report = compress(
-        model,
-        splits,
-        qat=True,
-        epochs=args.qat_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.qat_lr,
-        schedule="cosine",
-        augment=from_names(AUGMENT),
-    )
-    return qat, {"seconds": round(time.perf_counter() - start, 1), "scheme": report.qat_scheme}
-
-
 def to_tflite(model, quantize: str, calibration, path: Path) -> dict:
     """Convert and write ``path``; the conversion's summary."""
     from mobilecv.converters.tflite import convert
@@ -302,7 +282,12 @@ def yolo_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     keras_outputs = predict_outputs(model, test)
     rows = {"YOLO float (Keras)": {"metrics": yolo_metrics(task, keras_outputs, test.y)}}
     variants = [("YOLO float", model, "none"), ("YOLO int8 PTQ", model, "int8")]
-    qat, qat_info = qat_finetune(model, splits, args)
+    from mobilecv.data.augment import from_names
+
+    qat, qat_info = common.qat_finetune(
+        model, splits, epochs=args.qat_epochs, batch_size=args.batch_size,
+        learning_rate=args.qat_lr, augment=from_names(AUGMENT),
+    )  # fmt: skip
     variants.append(("YOLO QAT int8", qat, "int8"))
     pictures = {}
     for name, keras_model, quantize in variants:
@@ -315,8 +300,9 @@ def yolo_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
         rows[name] = row
         if quantize == "int8":
             key = name.lower().replace(" ", "_")
-            pictures[key] = str(out_dir / f"{stem}_{key}.png")
-            task.draw(test, outputs, pictures[key], title=f"{name} on test scenes", count=18)
+            path = out_dir / f"{stem}_{key}.png"
+            task.draw(test, outputs, path, title=f"{name} on test scenes", count=18)
+            pictures[key] = str(shown_path(path))
     rows["YOLO QAT int8"]["finetune"] = qat_info
     training["test_scenes"] = len(test)
     training["provenance"] = test.provenance
@@ -445,10 +431,9 @@ def centroid_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
         }
         rows[name].update(device_figures([path], args, tflm=quantize == "int8"))
         if quantize == "int8":
-            pictures["centroids_int8"] = str(out_dir / f"{stem}_centroids_int8.png")
-            task.draw(
-                test, outputs, pictures["centroids_int8"], title=f"{name} on test scenes", count=18
-            )
+            path = out_dir / f"{stem}_centroids_int8.png"
+            task.draw(test, outputs, path, title=f"{name} on test scenes", count=18)
+            pictures["centroids_int8"] = str(shown_path(path))
     training = training_summary(model, report)
     training.update(test_scenes=len(test), provenance=test.provenance)
     return {"rows": rows, "training": {"centroids": training}, "pictures": pictures}
@@ -517,8 +502,9 @@ def face_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
         rows[name] = {"metrics": metrics, "conversion": conversion, "solvay": solvay_summary(check)}
         rows[name].update(device_figures([path], args, tflm=False))
         key = f"solvay_{quantize}"
-        pictures[key] = str(out_dir / f"{stem}_{key}.png")
-        face_check.draw_solvay(check, pictures[key])
+        path = out_dir / f"{stem}_{key}.png"
+        face_check.draw_solvay(check, path)
+        pictures[key] = str(shown_path(path))
     training = training_summary(model, report)
     training.update(test_scenes=len(test), provenance=test.provenance)
     return {"rows": rows, "training": {"faces": training}, "pictures": pictures}
@@ -604,7 +590,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     for tgt in result["targets"]:
         lines.append(f"- {'PASS' if tgt['pass'] else 'MISS'} {tgt['target']}: {tgt['measured']}")
-    pictures = ", ".join(f"`{shown_path(p)}`" for p in result["pictures"].values())
+    pictures = ", ".join(f"`{p}`" for p in result["pictures"].values())
     lines += ["", f"Pictures: {pictures}.", ""]
     return "\n".join(lines)
 
@@ -622,8 +608,9 @@ def settings_lines(result: dict) -> list[str]:
     return lines
 
 
-def shown_path(path: str) -> Path:
-    path = Path(path)
+def shown_path(path: str | Path) -> Path:
+    """A picture's path from the checkout's root (as the result records it)."""
+    path = Path(path).resolve()
     return path.relative_to(common.ROOT) if path.is_relative_to(common.ROOT) else path
 
 

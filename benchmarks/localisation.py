@@ -109,24 +109,14 @@ def train_float(args, splits):
 
 def qat_finetune(args, splits, weights):
     """QAT from the trained float weights, fine-tuned on the train scenes."""
-    from mobilecv.compress.pipeline import compress
     from mobilecv.data.augment import from_names
 
     model = build()
     model.set_weights(weights)
-    common.log(f"== QAT fine-tune, {args.qat_epochs} epochs")
-    start = time.perf_counter()
-    model, report = compress(
-        model,
-        splits,
-        qat=True,
-        epochs=args.qat_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.qat_lr,
-        schedule="cosine",
-        augment=from_names(AUGMENT),
-    )
-    return model, {"seconds": round(time.perf_counter() - start, 1), "scheme": report.qat_scheme}
+    return common.qat_finetune(
+        model, splits, epochs=args.qat_epochs, batch_size=args.batch_size,
+        learning_rate=args.qat_lr, augment=from_names(AUGMENT),
+    )  # fmt: skip
 
 
 def litert_row(model, quantize: str, calibration, x, test, task, threads: int = 2):

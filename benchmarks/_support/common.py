@@ -127,3 +127,23 @@ def save_png(fig, path: str | os.PathLike, *, force: bool = True, **savefig) -> 
     with atomic_path(path, force=force) as tmp:
         fig.savefig(tmp, format="png", **savefig)
     pyplot().close(fig)
+
+
+def qat_finetune(model, splits, *, epochs: int, batch_size: int, learning_rate: float, augment):
+    """QAT of a trained float ``model`` through the compress pipeline (cosine schedule);
+    the QAT model and {"seconds", "scheme"}."""
+    from mobilecv.compress.pipeline import compress
+
+    log(f"== QAT fine-tune of {model.name}, {epochs} epoch(s)")
+    start = time.perf_counter()
+    qat, report = compress(
+        model,
+        splits,
+        qat=True,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        schedule="cosine",
+        augment=augment,
+    )
+    return qat, {"seconds": round(time.perf_counter() - start, 1), "scheme": report.qat_scheme}
