@@ -115,3 +115,61 @@ def scale(
 
 def total_stride(stem_stride: int, stages: Sequence[StageSpec]) -> int:
     return stem_stride * math.prod(stage.stride for stage in stages)
+
+
+def output_size(
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    padding: str | int = "valid",
+    *,
+    transposed: bool = False,
+    output_padding: int | None = None,
+    dilation: int = 1,
+) -> int:
+    """Length of a convolution's (or pooling window's) output along one axis: the one copy.
+
+    ``padding`` is "valid", "same" (TF/Keras) or a whole number p of zeros on each side;
+    ``k`` below is the dilated kernel (kernel - 1) * dilation + 1.
+
+    - convolution: valid floor((n - k) / s) + 1; same ceil(n / s); p: floor((n + 2p - k) / s) + 1;
+    - transposed (the course's formula): (n - 1) s - 2p + k + output_padding. Keras names
+      p by its padding string: "same" is p = k // 2 and "valid" p = 0 when output_padding is
+      given; without it, "same" gives n s and "valid" n s + max(k - s, 0) (Keras'
+      ``deconv_output_length``). An explicit p without output_padding takes 0.
+    """
+    if output_padding is not None and not transposed:
+        raise InputError("output_padding applies to transposed convolutions only")
+    k = (kernel - 1) * dilation + 1
+    if transposed:
+        out = _transposed_size(size, k, stride, padding, output_padding)
+    elif padding == "same":
+        out = -(-size // stride)
+    else:
+        out = (size + 2 * _explicit(padding) - k) // stride + 1
+    if out < 1:
+        raise InputError(
+            f"a {kernel}-tap window with stride {stride} and padding {padding!r} leaves no "
+            f"output from {size} pixels"
+        )
+    return out
+
+
+def _explicit(padding: str | int) -> int:
+    """Zeros on each side of a padding that is not "same" ("valid" is 0)."""
+    if padding == "valid":
+        return 0
+    if isinstance(padding, str) or int(padding) != padding or padding < 0:
+        raise InputError(f"padding must be 'valid', 'same' or a whole number >= 0, got {padding!r}")
+    return int(padding)
+
+
+def _transposed_size(size: int, k: int, stride: int, padding, output_padding) -> int:
+    if output_padding is None:
+        if padding == "same":
+            return size * stride
+        if padding == "valid":
+            return size * stride + max(k - stride, 0)
+        output_padding = 0
+    pad = k // 2 if padding == "same" else _explicit(padding)
+    return (size - 1) * stride - 2 * pad + k + output_padding

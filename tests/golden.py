@@ -107,4 +107,18 @@ GOLDEN = [
     # NIN CIFAR-10 configuration (Lin 2014): 192-160-96 / 192-192-192 / 192-192-10 mlpconv,
     # counted by hand (with biases).
     Golden("nin", {"classes": 10}, 966_986, None, source="Lin 2014 (hand count)"),
+    # U-Net, Ronneberger 2015 Fig. 1 (572 px, valid, 1 channel in, 2 classes), counted by
+    # hand from the layer list, k*k*cin*cout + cout a conv: contracting 640 + 36,928 +
+    # 73,856 + 147,584 + 295,168 + 590,080 + 1,180,160 + 2,359,808 = 4,684,224; bottom
+    # 4,719,616 + 9,438,208 = 14,157,824; expanding (2x2 up-conv, then two 3x3 convs on the
+    # concatenation) 2,097,664 + 4,719,104 + 2,359,808 + 524,544 + 1,179,904 + 590,080 +
+    # 131,200 + 295,040 + 147,584 + 32,832 + 73,792 + 36,928 = 12,188,480; 1x1 head 130.
+    Golden(
+        "unet",
+        {"resolution": 572, "padding": "valid", "input_channels": 1, "classes": 2},
+        31_030_658,
+        None,
+        source="Ronneberger 2015 Fig. 1 (hand count)",
+        slow=True,
+    ),
 ]

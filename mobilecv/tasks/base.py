@@ -183,6 +183,33 @@ def deepest(features: Mapping[str, Any]):
     return features[max(features, key=lambda name: int(name.removeprefix("stride")))]
 
 
+def backbone_features(
+    backbone: str,
+    *,
+    keras,
+    width: float,
+    depth: float,
+    resolution: int,
+    input_channels: int,
+    strides: tuple[int, ...] | None = None,
+):
+    """Network ``backbone`` as feature maps (mobilecv.features) scaled by a task model's
+    knobs; a knob the backbone family cannot honour (e.g. depth for AlexNet) is an
+    InputError naming it."""
+    from mobilecv import registry
+    from mobilecv.features import backbone_from_trunk
+
+    entry = registry.get(backbone)
+    knobs = {"width": width, "resolution": resolution, "input_channels": input_channels}
+    if depth != 1.0:
+        knobs["depth"] = depth
+    unsupported = [k for k in knobs if k not in entry.supports]
+    if unsupported:
+        raise InputError(f"backbone {backbone} cannot honour {', '.join(map(repr, unsupported))}")
+    trunk = registry.build(backbone, include_top=False, keras=keras, **knobs)
+    return backbone_from_trunk(trunk, strides, keras=keras)
+
+
 def build_on_backbone(
     task: str,
     model: str,
@@ -203,18 +230,10 @@ def build_on_backbone(
     Width, depth and resolution scale the backbone as they scale every model; a knob the
     backbone family cannot honour (e.g. depth for AlexNet) is an InputError naming it.
     """
-    from mobilecv import registry
-    from mobilecv.features import backbone_from_trunk
-
-    entry = registry.get(backbone)
-    knobs = {"width": width, "resolution": resolution, "input_channels": input_channels}
-    if depth != 1.0:
-        knobs["depth"] = depth
-    unsupported = [k for k in knobs if k not in entry.supports]
-    if unsupported:
-        raise InputError(f"backbone {backbone} cannot honour {', '.join(map(repr, unsupported))}")
-    trunk = registry.build(backbone, include_top=False, keras=keras, **knobs)
-    features = backbone_from_trunk(trunk, keras=keras)
+    features = backbone_features(
+        backbone, keras=keras, width=width, depth=depth, resolution=resolution,
+        input_channels=input_channels,
+    )  # fmt: skip
     outputs = get_task(task).head(keras, features.output, classes=classes, **head_options)
     return keras.Model(features.input, outputs, name=f"{model}_{backbone}_{width:g}_{resolution}")
 
