@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from mobilecv import arch
 from mobilecv._tf import get_keras, is_keras3_model
 from mobilecv.errors import InputError
 
@@ -80,8 +81,10 @@ class _SizeStep:
     def apply(self, size: Pair) -> Pair:
         out = []
         for n, k, s, b in zip(size, self.kernel, self.stride, self.border, strict=True):
-            n += b
-            out.append(-(-n // s) if self.padding == "same" else (n - k) // s + 1)
+            try:
+                out.append(arch.output_size(n + b, k, s, self.padding))
+            except InputError:
+                out.append(0)  # grid() names the image that is smaller than a window
         return (out[0], out[1])
 
 

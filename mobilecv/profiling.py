@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from mobilecv.arch import output_size
+
 BYTES_PER_ELEMENT = {"float32": 4, "int8": 1}
 
 
@@ -81,15 +83,59 @@ def _elements(shape: list) -> int:
     return math.prod(d for d in shape[1:] if d is not None)
 
 
+TRANSPOSED = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+# Layers with a sliding window: their output size is arch.output_size of the input's.
+WINDOWED = (
+    *(f"{kind}{d}D" for kind in ("Conv", "DepthwiseConv", "SeparableConv") for d in (1, 2, 3)),
+    *TRANSPOSED,
+    *(f"{kind}{d}D" for kind in ("MaxPooling", "AveragePooling") for d in (1, 2, 3)),
+)
+
+
+def _tuple(value, rank: int) -> tuple:
+    return tuple(value) if isinstance(value, list | tuple) else (value,) * rank
+
+
+def windowed_shape(layer, in_shape: list, keras_shape: list) -> list:
+    """A sliding-window layer's output shape by arch.output_size (the one formula for
+    convolutions, transposed convolutions and pooling), channels from Keras; any other
+    layer, or a size Keras leaves open, keeps ``keras_shape``."""
+    layer = _unwrap(layer)
+    padding = str(getattr(layer, "padding", "")).lower()
+    spatial = in_shape[1:-1]
+    if type(layer).__name__ not in WINDOWED or padding not in ("same", "valid"):
+        return keras_shape
+    if None in spatial or len(keras_shape) != len(in_shape):
+        return keras_shape
+    rank = len(spatial)
+    kernel = _tuple(getattr(layer, "kernel_size", None) or layer.pool_size, rank)
+    strides = _tuple(layer.strides, rank)
+    dilation = _tuple(getattr(layer, "dilation_rate", 1), rank)
+    transposed = type(layer).__name__ in TRANSPOSED
+    extra = _tuple(getattr(layer, "output_padding", None), rank) if transposed else (None,) * rank
+    sizes = [
+        output_size(n, k, s, padding, transposed=transposed, output_padding=p, dilation=d)
+        for n, k, s, p, d in zip(spatial, kernel, strides, extra, dilation, strict=True)
+    ]
+    return [keras_shape[0], *sizes, keras_shape[-1]]
+
+
 def layer_macs(layer) -> int:
-    """MACs of one layer at batch 1 (0 for layers that do no multiply-accumulates)."""
+    """MACs of one layer at batch 1 (0 for layers that do no multiply-accumulates).
+
+    A transposed convolution counts as the convolution it transposes (the gradient of a
+    convolution from its output to its input): every input value times every kernel tap
+    and output channel, in_h * in_w * cin * kh * kw * cout, as fvcore and ptflops count it.
+    Taps that land in the cropped border ("same", or explicit padding) count too, as a
+    convolution's taps on its zero padding do.
+    """
     layer = _unwrap(layer)
     kind = type(layer).__name__
     if hasattr(layer, "layers") and layer.layers and hasattr(layer, "inputs"):
         return sum(layer_macs(sub) for sub in layer.layers)
     try:
-        out_shape = _shape(layer.output)
         in_shape = _shape(_as_list(layer.input)[0])
+        out_shape = windowed_shape(layer, in_shape, _shape(layer.output))
     except (AttributeError, ValueError, IndexError):
         return 0
     if kind in ("Conv1D", "Conv2D", "Conv3D"):
@@ -102,7 +148,7 @@ def layer_macs(layer) -> int:
         depthwise_out = _elements(out_shape[:-1] + [in_shape[-1] * layer.depth_multiplier])
         pointwise = _elements(out_shape) * in_shape[-1] * layer.depth_multiplier
         return depthwise_out * math.prod(layer.kernel_size) + pointwise
-    if kind in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
+    if kind in TRANSPOSED:
         return _elements(in_shape) * math.prod(layer.kernel_size) * out_shape[-1]
     if kind == "Dense":
         return _elements(out_shape) * in_shape[-1]
@@ -159,6 +205,7 @@ def profile(
     for layer in model.layers:
         try:
             out_shape = _shape(_as_list(layer.output)[0])
+            out_shape = windowed_shape(layer, _shape(_as_list(layer.input)[0]), out_shape)
         except (AttributeError, ValueError, IndexError):
             out_shape = []
         rows.append(

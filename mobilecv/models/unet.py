@@ -198,12 +198,15 @@ def skip_decoder(K, features, *, classes: int, width: float = 1.0):
     x = features[f"stride{DEEPEST_STRIDE}"]
     for stride, filters in DECODER_FILTERS.items():
         x = upsample(K, x, arch.make_divisible(filters * width), f"decoder{stride}")
-        skip = features[f"stride{stride}"]
-        if tuple(skip.shape[1:3]) != tuple(x.shape[1:3]):
+        skip, size = features[f"stride{stride}"], int(x.shape[1])
+        if int(skip.shape[1]) < size or int(skip.shape[2]) != int(skip.shape[1]):
             raise InputError(
-                f"the stride-{stride} map is {tuple(skip.shape[1:3])} but the decoder gives "
-                f"{tuple(x.shape[1:3])}: the backbone's maps must halve exactly"
+                f"the stride-{stride} map is {tuple(skip.shape[1:3])}, smaller than the "
+                f"decoder's {size} x {size}: the backbone's maps must halve exactly"
             )
+        # A map the backbone zero-padded for its next stride (ResNet's pool1_pad) loses
+        # its border again, as the paper crops its skips.
+        skip = _centre_crop(K, skip, size, f"decoder{stride}_crop")
         x = K.layers.Concatenate(name=f"decoder{stride}_concat")([x, skip])
     return class_scores(K, x, classes, DECODER_KERNEL, 2)
 
