@@ -119,6 +119,5 @@ GOLDEN = [
         31_030_658,
         None,
         source="Ronneberger 2015 Fig. 1 (hand count)",
-        slow=True,
     ),
 ]
