@@ -363,12 +363,78 @@ def centroids(
     return out
 
 
+# ------------------------------------------------------------------ segmentation
+
+# Class colours of overlays (RGB): class 0 (background) is left uncoloured; the rest cycle
+# through matplotlib's tab10 so a plot's legend and an overlay agree.
+PALETTE = np.array(
+    [
+        (0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
+        (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34),
+        (23, 190, 207),
+    ],
+    np.uint8,
+)  # fmt: skip
+
+
+def segmentation(mask: np.ndarray, input_size: int | None = None) -> dict[str, np.ndarray]:
+    """Per-pixel class probabilities (N, H, W, C) -> ``classes`` (N, H, W) uint8, the argmax,
+    and ``confidence`` (N, H, W), its probability. ``offset``: the pixels of the input
+    that lie left of (and above) the mask: 0 unless the model's convolutions are unpadded
+    (a "valid" U-Net's output is the centre of an ``input_size`` input)."""
+    mask = np.asarray(mask, np.float32)
+    if mask.ndim == 3:
+        mask = mask[None]
+    classes = np.argmax(mask, axis=-1).astype(np.uint8)
+    offset = 0 if input_size is None else (int(input_size) - mask.shape[1]) // 2
+    return {
+        "classes": classes,
+        "confidence": np.max(mask, axis=-1),
+        "offset": np.asarray(offset, np.int32),
+    }
+
+
+def overlay(
+    image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, offset: int = 0
+) -> np.ndarray:
+    """One image (H, W[, C]) with a class map (h, w) blended over it in ``PALETTE``
+    colours, as uint8 RGB of the image's size. The map is scaled to the image (nearest
+    pixel) after removing ``offset`` pixels of margin on every side, where an unpadded
+    U-Net's output lies; background pixels keep the image."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    rgb = rgb.astype(np.float32)
+    if rgb.max() <= 1.0:
+        rgb = rgb * 255.0
+    height, width = rgb.shape[:2]
+    inner = (height - 2 * offset, width - 2 * offset)
+    rows = nearest_indices(classes.shape[0], inner[0])
+    cols = nearest_indices(classes.shape[1], inner[1])
+    scaled = classes[np.ix_(rows, cols)]
+    window = (slice(offset, offset + inner[0]), slice(offset, offset + inner[1]))
+    region = rgb[window]
+    coloured = (1 - alpha) * region + alpha * PALETTE[scaled % len(PALETTE)]
+    out = rgb.copy()
+    out[window] = np.where((scaled > 0)[..., None], coloured, region)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each of ``size_out`` pixels when resizing ``size_in`` pixels by the
+    nearest pixel centre (half-pixel centres, as tf.image.resize's "nearest")."""
+    centres = (np.arange(size_out) + 0.5) * (size_in / size_out)
+    return np.minimum(np.floor(centres).astype(np.int64), size_in - 1)
+
+
 DECODERS = {
     "classification": classification,
     "localisation": localisation,
     "landmarks": landmarks,
     "detection": detection,
     "centroids": centroids,
+    "segmentation": segmentation,
 }
 # Each task's model outputs, by name (the Keras output names, kept in the .tflite's
 # signature); mobilecv.tasks uses these names too.
@@ -378,6 +444,7 @@ TASK_OUTPUTS = {
     "landmarks": ("points",),
     "detection": ("objectness", "box", "scores"),
     "centroids": ("heatmap",),
+    "segmentation": ("mask",),
 }
 
 

@@ -30,10 +30,8 @@ def test_every_model_builds_tiny_and_runs(name):
         assert len(value) == 2 and np.isfinite(value).all()
     if task.name == "classification":
         y = outputs["scores"]
-        # Per-pixel scores: the U-Nets, until the segmentation task (issue 14 section 2).
-        per_pixel = x.shape[1:3] if mobilecv.registry.get(name).family == "unet" else ()
-        assert y.shape == (2, *per_pixel, knobs["classes"])
-        np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-4)
+        assert y.shape == (2, knobs["classes"])
+        np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ALL)

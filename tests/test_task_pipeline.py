@@ -29,6 +29,8 @@ TASK_MODELS = {
     "landmarks": ("landmarker", {}),
     "detection": ("yolo", {"classes": 10}),
     "centroids": ("centroid_grid", {"classes": 10}),
+    # 10 classes and the background, at the model's 48 px from the scenes' 96 px labels.
+    "segmentation": ("unet", {"classes": 11}),
 }
 TINY = {"width": 0.25, "resolution": 48, "input_channels": 3}
 

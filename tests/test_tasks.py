@@ -29,8 +29,7 @@ def _one_backbone_per_family():
     seen = set()
     for name in mobilecv.list_models():
         entry = mobilecv.registry.get(name)
-        backbone = entry.task == "classification" and "include_top" in entry.supports
-        if backbone and entry.family not in seen:
+        if entry.task == "classification" and entry.family not in seen:
             seen.add(entry.family)
             yield name
 

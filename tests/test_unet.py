@@ -118,7 +118,7 @@ def test_unet_table_is_the_papers_and_depth_scales_the_stages():
         "down1_pool",
         "down2_pool",
     ]
-    assert model.output_shape == (None, 32, 32, 3)
+    assert model.output_shape == {"mask": (None, 32, 32, 3)}
 
 
 def test_unet_valid_padding_is_the_papers_572_to_388():
@@ -128,7 +128,7 @@ def test_unet_valid_padding_is_the_papers_572_to_388():
         plan(570, stages, "valid")
     small = mobilecv.build("unet", width=0.25, resolution=188, padding="valid", classes=2)
     assert plan(188, stages, "valid") == [184, 88, 40, 16, 4]
-    assert small.output_shape == (None, 4, 4, 2)
+    assert small.output_shape == {"mask": (None, 4, 4, 2)}
     crops = [layer for layer in small.layers if type(layer).__name__ == "Cropping2D"]
     assert len(crops) == 4
 
@@ -153,7 +153,7 @@ def test_unet_mobilenet_v2_is_the_tutorials_decoder_on_any_backbone():
     assert model.get_layer("decoder16_concat").input[1].name.startswith("block_13_expand_relu")
     # ResNet's stride-2 map is pool1_pad, 34 x 34 at 64 px: cropped back to its 32 x 32.
     other = mobilecv.build("unet_mobilenet_v2", backbone="resnet18", width=0.25, resolution=64)
-    assert other.output_shape == (None, 64, 64, 2)
+    assert other.output_shape == {"mask": (None, 64, 64, 2)}
     assert other.get_layer("decoder2_crop").output.shape[1] == 32
     with pytest.raises(InputError, match="multiple of 32"):
         mobilecv.build("unet_mobilenet_v2", width=0.25, resolution=48)

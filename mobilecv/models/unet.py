@@ -31,6 +31,7 @@ from mobilecv import arch
 from mobilecv.errors import InputError, parse_choice
 from mobilecv.layers import spatial_input
 from mobilecv.registry import register_model
+from mobilecv.tasks.base import build_on_backbone
 
 # Ronneberger 2015, Fig. 1: four contracting stages (two 3x3 convs, 2x2 max pool) and the
 # bottom (two 3x3 convs, no pool: stride 1). The expanding path mirrors the contracting
@@ -146,6 +147,7 @@ def class_scores(K, x, classes: int, kernel: int = 1, stride: int = 1):
     family="unet",
     default_resolution=128,
     defaults={"classes": 2},
+    task="segmentation",
     unsupported=("include_top",),
 )
 def unet(
@@ -182,7 +184,7 @@ def unet(
     mask = class_scores(K, x, classes)
     if int(mask.shape[1]) != sizes[-1]:  # the size plan and Keras must agree
         raise RuntimeError(f"U-Net output {mask.shape[1]} px, planned {sizes[-1]} px")
-    return K.Model(inputs, mask, name=f"unet_{width:g}_{resolution}")
+    return K.Model(inputs, {OUTPUT_NAME: mask}, name=f"unet_{width:g}_{resolution}")
 
 
 def upsample(K, x, filters: int, name: str):
@@ -216,6 +218,7 @@ def skip_decoder(K, features, *, classes: int, width: float = 1.0):
     family="unet",
     default_resolution=128,
     defaults={"classes": 2},
+    task="segmentation",
     unsupported=("include_top",),
 )
 def unet_mobilenet_v2(
@@ -229,17 +232,10 @@ def unet_mobilenet_v2(
     backbone: str = "mobilenet_v2",
 ):
     """A U-Net on ``backbone``'s feature maps (any registered network with maps at strides
-    2 to 32) and the TF segmentation tutorial's pix2pix decoder."""
-    from mobilecv.tasks.base import backbone_features
-
+    2 to 32) and the TF segmentation tutorial's pix2pix decoder, scaled by ``width`` too."""
     if resolution % DEEPEST_STRIDE:
         raise InputError(
             f"resolution must be a multiple of {DEEPEST_STRIDE} (the encoder's deepest "
             f"stride), got {resolution}"
         )
-    features = backbone_features(
-        backbone, keras=keras, width=width, depth=depth, resolution=resolution,
-        input_channels=input_channels, strides=(*sorted(DECODER_FILTERS), DEEPEST_STRIDE),
-    )  # fmt: skip
-    mask = skip_decoder(keras, features.output, classes=classes, width=width)
-    return keras.Model(features.input, mask, name=f"unet_{backbone}_{width:g}_{resolution}")
+    return build_on_backbone("segmentation", "unet", decoder_width=width, **locals())

@@ -12,7 +12,9 @@ from mobilecv.errors import InputError
 
 _TASKS: dict[str, Task] = {}
 # The modules that register the built-in tasks, imported on first use.
-_BUILTIN = ("classification", "localisation", "landmarks", "detection", "centroids")
+_BUILTIN = (
+    "classification", "localisation", "landmarks", "detection", "centroids", "segmentation",
+)  # fmt: skip
 
 
 class Task:
@@ -31,6 +33,8 @@ class Task:
     test_time: ClassVar[frozenset[str]] = frozenset()  # "multi_crop", "ensemble"
     # How a horizontal mirror reorders labelled points (None: no points, or no reordering).
     mirror_permutation: ClassVar[tuple[int, ...] | None] = None
+    # The backbone feature maps the head reads (None: mobilecv.features' default strides).
+    feature_strides: ClassVar[tuple[int, ...] | None] = None
 
     # ------------------------------------------------------------------ model
     def options_of(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,7 +236,7 @@ def build_on_backbone(
     """
     features = backbone_features(
         backbone, keras=keras, width=width, depth=depth, resolution=resolution,
-        input_channels=input_channels,
+        input_channels=input_channels, strides=get_task(task).feature_strides,
     )  # fmt: skip
     outputs = get_task(task).head(keras, features.output, classes=classes, **head_options)
     return keras.Model(features.input, outputs, name=f"{model}_{backbone}_{width:g}_{resolution}")
