@@ -234,6 +234,7 @@ def _register_commands() -> None:
     from mobilecv.commands.convert import convert, inspect_cmd
     from mobilecv.commands.detect import detect_command
     from mobilecv.commands.run import run_command
+    from mobilecv.commands.segment import segment_command
     from mobilecv.commands.sweep import sweep_command
     from mobilecv.commands.train import compress_command, train_command
 
@@ -248,6 +249,7 @@ def _register_commands() -> None:
         sweep_command,
         anchors_command,
         detect_command,
+        segment_command,
     ):
         main.add_command(command)
 

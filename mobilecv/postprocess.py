@@ -379,46 +379,18 @@ PALETTE = np.array(
 
 def segmentation(mask: np.ndarray, input_size: int | None = None) -> dict[str, np.ndarray]:
     """Per-pixel class probabilities (N, H, W, C) -> ``classes`` (N, H, W) uint8, the argmax,
-    and ``confidence`` (N, H, W), its probability. ``offset``: the pixels of the input
-    that lie left of (and above) the mask: 0 unless the model's convolutions are unpadded
-    (a "valid" U-Net's output is the centre of an ``input_size`` input)."""
+    and ``confidence`` (N, H, W), its probability. ``margin``: the share of the input's
+    side left out on each side of the mask, 0 unless the model's convolutions are unpadded
+    (a "valid" U-Net's output is the centre of its ``input_size`` input)."""
     mask = np.asarray(mask, np.float32)
     if mask.ndim == 3:
         mask = mask[None]
-    classes = np.argmax(mask, axis=-1).astype(np.uint8)
-    offset = 0 if input_size is None else (int(input_size) - mask.shape[1]) // 2
+    margin = 0.0 if input_size is None else (int(input_size) - mask.shape[1]) / 2 / input_size
     return {
-        "classes": classes,
+        "classes": np.argmax(mask, axis=-1).astype(np.uint8),
         "confidence": np.max(mask, axis=-1),
-        "offset": np.asarray(offset, np.int32),
+        "margin": np.asarray(margin, np.float32),
     }
-
-
-def overlay(
-    image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, offset: int = 0
-) -> np.ndarray:
-    """One image (H, W[, C]) with a class map (h, w) blended over it in ``PALETTE``
-    colours, as uint8 RGB of the image's size. The map is scaled to the image (nearest
-    pixel) after removing ``offset`` pixels of margin on every side, where an unpadded
-    U-Net's output lies; background pixels keep the image."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-    rgb = rgb.astype(np.float32)
-    if rgb.max() <= 1.0:
-        rgb = rgb * 255.0
-    height, width = rgb.shape[:2]
-    inner = (height - 2 * offset, width - 2 * offset)
-    rows = nearest_indices(classes.shape[0], inner[0])
-    cols = nearest_indices(classes.shape[1], inner[1])
-    scaled = classes[np.ix_(rows, cols)]
-    window = (slice(offset, offset + inner[0]), slice(offset, offset + inner[1]))
-    region = rgb[window]
-    coloured = (1 - alpha) * region + alpha * PALETTE[scaled % len(PALETTE)]
-    out = rgb.copy()
-    out[window] = np.where((scaled > 0)[..., None], coloured, region)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
@@ -426,6 +398,34 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     nearest pixel centre (half-pixel centres, as tf.image.resize's "nearest")."""
     centres = (np.arange(size_out) + 0.5) * (size_in / size_out)
     return np.minimum(np.floor(centres).astype(np.int64), size_in - 1)
+
+
+def class_map_to(classes: np.ndarray, height: int, width: int, margin: float = 0.0):
+    """A class map (h, w) placed on a height x width image by the nearest pixel: over the
+    whole image, or, for an unpadded U-Net's map, inside a border of ``margin`` of each
+    side, which stays background (0: the model says nothing there)."""
+    top, left = round(float(margin) * height), round(float(margin) * width)
+    inner_h, inner_w = height - 2 * top, width - 2 * left
+    rows = nearest_indices(classes.shape[0], inner_h)
+    cols = nearest_indices(classes.shape[1], inner_w)
+    placed = np.zeros((height, width), np.uint8)
+    placed[top : top + inner_h, left : left + inner_w] = np.asarray(classes)[np.ix_(rows, cols)]
+    return placed
+
+
+def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, margin: float = 0.0):
+    """One image (H, W[, C]; uint8, or floats in [0, 1]) with its class map blended over it
+    in ``PALETTE`` colours (:func:`class_map_to` places the map), as uint8 RGB; background
+    pixels keep the image."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    rgb = rgb.astype(np.float32) * (255.0 if image.dtype.kind == "f" else 1.0)
+    placed = class_map_to(classes, rgb.shape[0], rgb.shape[1], margin)
+    coloured = (1 - alpha) * rgb + alpha * PALETTE[placed % len(PALETTE)]
+    blended = np.where((placed > 0)[..., None], coloured, rgb)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 DECODERS = {

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from mobilecv import postprocess
-from mobilecv.commands.detect import model_input, read_image
+from mobilecv.commands.imagefiles import model_input, read_image
 from mobilecv.modelinfo import ModelInfo, add_to_tflite, map_range, read_info
 
 LOW = ["--score-threshold", "0.01"]  # an untrained detector's scores are near-uniform

@@ -20,11 +20,17 @@ from pathlib import Path
 import click
 
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
-from mobilecv.errors import InputError, MissingFile, one_line
+from mobilecv.commands.imagefiles import (
+    image_paths,
+    load_model,
+    model_input,
+    read_image,
+    read_names,
+)
+from mobilecv.errors import InputError, one_line
 
 DETECTIONS_FILE = "detections.json"  # COCO results format
 IMAGES_FILE = "images.json"  # COCO "images" and "categories"
-CHANNEL_MODES = {1: "L", 3: "RGB"}  # model input channels -> the Pillow mode fed to it
 
 
 @dataclass
@@ -122,10 +128,10 @@ def detect_command(
     options = _decode_options(score_threshold, iou_threshold, max_detections)
     info, anchors = _detector_info(model)
     decoder = Decoder(anchors, options, in_graph="nms" in info.task_options)
-    paths = _image_paths(images)
+    paths = image_paths(images)
     targets = _targets(paths, Path(out_dir), force)
-    names = _read_names(names_file) if names_file else None
-    runner = _load_model(model)
+    names = read_names(names_file) if names_file else None
+    runner = load_model(model, "detect")
     classes = _check_model(runner, model, decoder, info, names, names_file)
     progress = not as_json and len(paths) > 1
     found = _detect_all(runner, paths, targets, info.input_range, decoder, progress)
@@ -181,16 +187,6 @@ def _detector_info(model: str):
     return info, anchors
 
 
-def _image_paths(images) -> list[Path]:
-    paths = [Path(image) for image in images]
-    for path in paths:
-        if not path.exists():
-            raise MissingFile(f"{path}: no such file")
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, not an image")
-    return paths
-
-
 def _targets(paths: list[Path], out: Path, force: bool) -> list[Path]:
     """OUT/<stem>.png per image; refuses two images of one stem and, without `force`,
     an existing output (naming the first), before any work."""
@@ -206,39 +202,6 @@ def _targets(paths: list[Path], out: Path, force: bool) -> list[Path]:
     for target in [*targets, out / DETECTIONS_FILE, out / IMAGES_FILE]:
         check_writable(target, force)
     return targets
-
-
-def _read_names(names_file: str) -> list[str]:
-    """Class names, one a line (trailing blank lines ignored)."""
-    path = Path(names_file)
-    if not path.exists():
-        raise MissingFile(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a names file")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file of class names") from None
-    while lines and not lines[-1]:
-        lines.pop()
-    if not lines:
-        raise InputError(f"{path}: no class names (one a line)")
-    if "" in lines:
-        raise InputError(f"{path}: line {lines.index('') + 1} is empty; give one name a line")
-    return lines
-
-
-def _load_model(model: str):
-    from mobilecv.evaluate import TfliteModel
-
-    runner = TfliteModel(model)
-    shape = runner.input_shape
-    if len(shape) != 4 or shape[3] not in CHANNEL_MODES:
-        raise InputError(
-            f"{model}: input shape {list(shape)}; detect feeds images of 1 or 3 channels "
-            "(N, H, W, C)"
-        )
-    return runner
 
 
 def _check_model(runner, model: str, decoder: Decoder, info, names, names_file) -> int:
@@ -264,57 +227,6 @@ def _check_model(runner, model: str, decoder: Decoder, info, names, names_file) 
 
 
 # ------------------------------------------------------------------ images and detection
-
-
-def read_image(path: Path):
-    """An image file as a Pillow image in mode L (grey) or RGB, alpha dropped; 16-bit and
-    float images scaled to 8 bits. InputError when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = opened.copy()
-    except (UnidentifiedImageError, SyntaxError, ValueError, OSError) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:
-            raise  # the file system's error (permission denied, ...), not the file's content
-        raise InputError(f"{path}: not a readable image ({one_line(exc)})") from None
-    if image.mode in ("L", "RGB"):
-        return image
-    if image.mode in ("1", "LA", "La"):
-        return image.convert("L")
-    if image.mode.startswith(("I", "F")):
-        return _grey_to_8bit(image)
-    return image.convert("RGB")  # RGBA, P, CMYK, YCbCr, ...: colour, alpha dropped
-
-
-def _grey_to_8bit(image):
-    """A 16-bit, 32-bit or float grey image in mode L: 16-bit (max > 255) or 8-bit peak."""
-    import numpy as np
-    from PIL import Image
-
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode == "F" and values.max(initial=0) <= 1.0:
-        peak = 1.0
-    else:
-        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
-    return Image.fromarray(np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8))
-
-
-def model_input(image, input_shape, input_range):
-    """(1, H, W, C) float32 in the model's input range: the image converted to the
-    model's channels (grey by ITU-R 601 luminance, grey repeated, alpha dropped) and
-    stretched to its size with Pillow's bilinear filter."""
-    import numpy as np
-    from PIL import Image
-
-    from mobilecv.modelinfo import map_range
-
-    _, height, width, channels = input_shape
-    converted = image.convert(CHANNEL_MODES[channels])
-    resized = converted.resize((width, height), Image.Resampling.BILINEAR)
-    x = np.asarray(resized, dtype=np.float32).reshape(1, height, width, channels)
-    return map_range(x, input_range).astype(np.float32)
 
 
 def to_pixels(decoded: dict, width: int, height: int, i: int = 0) -> list[dict]:

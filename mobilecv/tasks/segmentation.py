@@ -197,7 +197,7 @@ class Segmentation(Task):
         """The prediction's colours over the image; the label's outlines in green."""
         shown = ax.images[0]
         coloured = postprocess.overlay(
-            np.asarray(shown.get_array()), decoded["classes"][i], offset=int(decoded["offset"])
+            np.asarray(shown.get_array()), decoded["classes"][i], margin=float(decoded["margin"])
         )
         shown.set_data(coloured)
         truth = np.asarray(y["mask"][i])
