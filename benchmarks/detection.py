@@ -166,52 +166,6 @@ def train_model(model, splits, args, epochs: int | None = None):
     )
 
 
-def to_tflite(model, quantize: str, calibration, path: Path) -> dict:
-    """Convert and write ``path``; the conversion's summary."""
-    from mobilecv.converters.tflite import convert
-
-    result = convert(
-        model, quantize, calibration=calibration, samples=len(calibration), progress=False
-    )
-    path.write_bytes(result.tflite)
-    return {"bytes": result.size, "agreement": result.verification.agreement}
-
-
-def device_figures(
-    paths: list[Path], args, *, tflm: bool, repeats: list[int] | None = None
-) -> dict:
-    """Host p50 on 1 thread (measured), each device's estimate and, when ``tflm``, the real
-    TFLite Micro arena. Several paths are one pipeline, model i run ``repeats[i]`` times an
-    image (a two-stage detector's head once per proposal): latencies and MACs add up."""
-    import mobilecv.bench as bench
-    from mobilecv.bench import devices, estimate, micro
-
-    figures = {"bytes": 0, "macs": 0, "host_p50_ms": 0.0}
-    figures["estimate_ms"] = dict.fromkeys(DEVICES, 0.0)
-    figures["arena_bytes"] = 0 if tflm else None
-    for path, times in zip(paths, repeats or [1] * len(paths), strict=True):
-        graph = bench.load(path)
-        figures["bytes"] += graph.model_bytes
-        figures["macs"] += times * int(graph.macs)
-        host = bench.run(path, "host", threads=1, runs=args.latency_runs, warmup=5)
-        figures["host_p50_ms"] += times * float(host["latency_ms"]["p50"])
-        for name in DEVICES:
-            ms = estimate.estimate(graph, devices.get(name)).latency_ms
-            figures["estimate_ms"][name] += times * float(ms)
-        if tflm:
-            run = micro.run(path)
-            if not run.get("ok"):
-                raise SystemExit(f"error: TFLite Micro could not run {path}: {run.get('error')}")
-            figures["arena_bytes"] = max(figures["arena_bytes"], run["min_arena_bytes"])
-    return figures
-
-
-def tflite_outputs(path: Path, x, names):
-    from mobilecv.evaluate import TfliteModel
-
-    return TfliteModel(path, threads=2).predict_outputs(x, names)
-
-
 def detection_metrics(scores: dict) -> dict:
     return {k: scores[k] for k in ("map", "map50") if k in scores}
 
@@ -250,22 +204,12 @@ def float_yolo(args, splits):
         model = load_model(folder / "yolo.keras")
         return model, json.loads((folder / "yolo.json").read_text())
     model, report = train_model(build_from(YOLO), splits, args)
-    training = training_summary(model, report)
+    training = common.training_summary(model, report)
     if args.save_dir:
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         save_model(model, Path(args.save_dir) / "yolo.keras", force=True)
         (Path(args.save_dir) / "yolo.json").write_text(json.dumps(training, indent=1))
     return model, training
-
-
-def training_summary(model, report) -> dict:
-    return {
-        "params": int(model.count_params()),
-        "train_samples": report.train_samples,
-        "seconds": report.seconds,
-        "val_metrics": report.val_metrics,
-        "history": report.history,
-    }
 
 
 def yolo_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
@@ -293,16 +237,18 @@ def yolo_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     for name, keras_model, quantize in variants:
         common.log(f"== {name}")
         path = workdir / f"{name.replace(' ', '_')}.tflite"
-        conversion = to_tflite(keras_model, quantize, calibration, path)
-        outputs = tflite_outputs(path, x, task.outputs)
+        conversion = common.to_tflite(keras_model, quantize, calibration, path)
+        outputs = common.tflite_outputs(path, x, task.outputs)
         row = {"metrics": yolo_metrics(task, outputs, test.y), "conversion": conversion}
-        row.update(device_figures([path], args, tflm=quantize == "int8"))
+        row.update(
+            common.device_figures([path], DEVICES, args.latency_runs, tflm=quantize == "int8")
+        )
         rows[name] = row
         if quantize == "int8":
             key = name.lower().replace(" ", "_")
             path = out_dir / f"{stem}_{key}.png"
             task.draw(test, outputs, path, title=f"{name} on test scenes", count=18)
-            pictures[key] = str(shown_path(path))
+            pictures[key] = str(common.shown_path(path))
     rows["YOLO QAT int8"]["finetune"] = qat_info
     training["test_scenes"] = len(test)
     training["provenance"] = test.provenance
@@ -369,7 +315,11 @@ def two_stage_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
         pipeline = two_stage.TwoStageTflite(paths, threads=1)
         row = {"metrics": detection_metrics(two_stage.evaluate_two_stage(pipeline, test))}
         proposals = detector.config.proposals
-        row.update(device_figures(list(paths), args, tflm=False, repeats=[1, proposals]))
+        row.update(
+            common.device_figures(
+                list(paths), DEVICES, args.latency_runs, tflm=False, repeats=[1, proposals]
+            )
+        )
         row["pipeline_p50_ms"] = pipeline_p50(pipeline.detect, test.x, args.latency_runs)
         rows[name] = row
     rows["two-stage float"]["macs_split"] = two_stage.macs(detector)
@@ -423,18 +373,20 @@ def centroid_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     for name, quantize in (("centroids float", "none"), ("centroids int8", "int8")):
         common.log(f"== {name}")
         path = workdir / f"{name.replace(' ', '_')}.tflite"
-        conversion = to_tflite(model, quantize, calibration, path)
-        outputs = tflite_outputs(path, x, task.outputs)
+        conversion = common.to_tflite(model, quantize, calibration, path)
+        outputs = common.tflite_outputs(path, x, task.outputs)
         rows[name] = {
             "metrics": centroid_metrics(task.score(outputs, test.y)),
             "conversion": conversion,
         }
-        rows[name].update(device_figures([path], args, tflm=quantize == "int8"))
+        rows[name].update(
+            common.device_figures([path], DEVICES, args.latency_runs, tflm=quantize == "int8")
+        )
         if quantize == "int8":
             path = out_dir / f"{stem}_centroids_int8.png"
             task.draw(test, outputs, path, title=f"{name} on test scenes", count=18)
-            pictures["centroids_int8"] = str(shown_path(path))
-    training = training_summary(model, report)
+            pictures["centroids_int8"] = str(common.shown_path(path))
+    training = common.training_summary(model, report)
     training.update(test_scenes=len(test), provenance=test.provenance)
     return {"rows": rows, "training": {"centroids": training}, "pictures": pictures}
 
@@ -495,17 +447,19 @@ def face_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     for name, quantize in (("faces float (Solvay)", "none"), ("faces int8 (Solvay)", "int8")):
         common.log(f"== {name}")
         path = workdir / f"faces_{quantize}.tflite"
-        conversion = to_tflite(model, quantize, calibration, path)
-        metrics = detection_metrics(task.score(tflite_outputs(path, x, task.outputs), test.y))
+        conversion = common.to_tflite(model, quantize, calibration, path)
+        metrics = detection_metrics(
+            task.score(common.tflite_outputs(path, x, task.outputs), test.y)
+        )
         check = face_check.solvay_check(path)
         metrics.update(recall=check["recall"], precision=check["precision"])
         rows[name] = {"metrics": metrics, "conversion": conversion, "solvay": solvay_summary(check)}
-        rows[name].update(device_figures([path], args, tflm=False))
+        rows[name].update(common.device_figures([path], DEVICES, args.latency_runs, tflm=False))
         key = f"solvay_{quantize}"
         path = out_dir / f"{stem}_{key}.png"
         face_check.draw_solvay(check, path)
-        pictures[key] = str(shown_path(path))
-    training = training_summary(model, report)
+        pictures[key] = str(common.shown_path(path))
+    training = common.training_summary(model, report)
     training.update(test_scenes=len(test), provenance=test.provenance)
     return {"rows": rows, "training": {"faces": training}, "pictures": pictures}
 
@@ -519,10 +473,6 @@ def face_targets(rows: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
 
 
 COLUMNS = (
@@ -550,18 +500,18 @@ def row_cells(name: str, row: dict) -> list[str]:
     arena = row.get("arena_bytes")
     return [
         name,
-        fmt(m.get("map"), ".3f"),
-        fmt(m.get("map50"), ".3f"),
-        fmt(m.get("map50_any_class"), ".3f"),
-        fmt(m.get("centroid_f1"), ".3f"),
-        fmt(m.get("recall"), ".2f"),
-        fmt(m.get("precision"), ".2f"),
-        fmt(row.get("bytes"), ",d"),
-        fmt(None if row.get("macs") is None else row["macs"] / 1e6, ".1f"),
-        fmt(row.get("host_p50_ms"), ".2f"),
-        fmt(row.get("pipeline_p50_ms"), ".2f"),
-        *(fmt(est.get(d), ".1f") for d in DEVICES),
-        fmt(None if arena is None else arena / 1024, ".1f"),
+        common.fmt(m.get("map"), ".3f"),
+        common.fmt(m.get("map50"), ".3f"),
+        common.fmt(m.get("map50_any_class"), ".3f"),
+        common.fmt(m.get("centroid_f1"), ".3f"),
+        common.fmt(m.get("recall"), ".2f"),
+        common.fmt(m.get("precision"), ".2f"),
+        common.fmt(row.get("bytes"), ",d"),
+        common.fmt(None if row.get("macs") is None else row["macs"] / 1e6, ".1f"),
+        common.fmt(row.get("host_p50_ms"), ".2f"),
+        common.fmt(row.get("pipeline_p50_ms"), ".2f"),
+        *(common.fmt(est.get(d), ".1f") for d in DEVICES),
+        common.fmt(None if arena is None else arena / 1024, ".1f"),
     ]
 
 
@@ -606,12 +556,6 @@ def settings_lines(result: dict) -> list[str]:
             f"{training.get('provenance', '')[:160]}"
         )
     return lines
-
-
-def shown_path(path: str | Path) -> Path:
-    """A picture's path from the checkout's root (as the result records it)."""
-    path = Path(path).resolve()
-    return path.relative_to(common.ROOT) if path.is_relative_to(common.ROOT) else path
 
 
 def finish(result: dict, args) -> int:

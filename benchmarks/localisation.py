@@ -212,18 +212,6 @@ def setting_text(result: dict) -> str:
     )
 
 
-def shown_path(path: str) -> Path:
-    """A picture's path from the checkout's root; one a run in another checkout (or
-    worktree) wrote keeps its path from that checkout's `benchmarks` folder."""
-    path = Path(path)
-    if path.is_relative_to(common.ROOT):
-        return path.relative_to(common.ROOT)
-    parts = path.parts
-    if "benchmarks" in parts:
-        return Path(*parts[len(parts) - 1 - parts[::-1].index("benchmarks") :])
-    return path
-
-
 def markdown(result: dict) -> str:
     lines = [
         f"Measured by `benchmarks/localisation.py` on {result['machine']['date']}. "
@@ -243,7 +231,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     for tgt in result["targets"]:
         lines.append(f"- {'PASS' if tgt['pass'] else 'MISS'} {tgt['target']}: {tgt['measured']}")
-    pictures = ", ".join(f"`{shown_path(p)}`" for p in result["pictures"].values())
+    pictures = ", ".join(f"`{common.shown_path(p)}`" for p in result["pictures"].values())
     lines += ["", f"Predictions on test scenes: {pictures}.", ""]
     return "\n".join(lines)
 

@@ -147,3 +147,79 @@ def qat_finetune(model, splits, *, epochs: int, batch_size: int, learning_rate: 
         augment=augment,
     )
     return qat, {"seconds": round(time.perf_counter() - start, 1), "scheme": report.qat_scheme}
+
+
+# ------------------------------------------------------------ converting and measuring
+
+
+def to_tflite(model, quantize: str, calibration, path: Path) -> dict:
+    """Convert and write ``path``; the conversion's summary."""
+    from mobilecv.converters.tflite import convert
+
+    result = convert(
+        model, quantize, calibration=calibration, samples=len(calibration), progress=False
+    )
+    path.write_bytes(result.tflite)
+    return {"bytes": result.size, "agreement": result.verification.agreement}
+
+
+def device_figures(
+    paths: list[Path], device_names: Iterable[str], runs: int, *, tflm: bool,
+    repeats: list[int] | None = None,
+) -> dict:  # fmt: skip
+    """Host p50 on 1 thread (measured), each device's estimate and, when ``tflm``, the real
+    TFLite Micro arena. Several paths are one pipeline, model i run ``repeats[i]`` times an
+    image (a two-stage detector's head once per proposal): latencies and MACs add up."""
+    import mobilecv.bench as bench
+    from mobilecv.bench import devices, estimate, micro
+
+    figures = {"bytes": 0, "macs": 0, "host_p50_ms": 0.0}
+    figures["estimate_ms"] = dict.fromkeys(device_names, 0.0)
+    figures["arena_bytes"] = 0 if tflm else None
+    for path, times in zip(paths, repeats or [1] * len(paths), strict=True):
+        graph = bench.load(path)
+        figures["bytes"] += graph.model_bytes
+        figures["macs"] += times * int(graph.macs)
+        host = bench.run(path, "host", threads=1, runs=runs, warmup=5)
+        figures["host_p50_ms"] += times * float(host["latency_ms"]["p50"])
+        for name in device_names:
+            ms = estimate.estimate(graph, devices.get(name)).latency_ms
+            figures["estimate_ms"][name] += times * float(ms)
+        if tflm:
+            run = micro.run(path)
+            if not run.get("ok"):
+                raise SystemExit(f"error: TFLite Micro could not run {path}: {run.get('error')}")
+            figures["arena_bytes"] = max(figures["arena_bytes"], run["min_arena_bytes"])
+    return figures
+
+
+def tflite_outputs(path: Path, x, names):
+    from mobilecv.evaluate import TfliteModel
+
+    return TfliteModel(path, threads=2).predict_outputs(x, names)
+
+
+def training_summary(model, report) -> dict:
+    return {
+        "params": int(model.count_params()),
+        "train_samples": report.train_samples,
+        "seconds": report.seconds,
+        "val_metrics": report.val_metrics,
+        "history": report.history,
+    }
+
+
+def fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def shown_path(path: str | Path) -> Path:
+    """A picture's path from the checkout's root; one a run in another checkout (or
+    worktree) wrote keeps its path from that checkout's `benchmarks` folder."""
+    path = Path(path).resolve()
+    if path.is_relative_to(ROOT):
+        return path.relative_to(ROOT)
+    parts = path.parts
+    if "benchmarks" in parts:
+        return Path(*parts[len(parts) - 1 - parts[::-1].index("benchmarks") :])
+    return path
