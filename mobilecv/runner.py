@@ -771,9 +771,10 @@ def _validate_task(recipe: Recipe, task) -> None:
         if recipe.task.scenes:
             raise InputError("task.scenes: scenes are for tasks beyond classification")
         return
-    if recipe.data.dataset != "scenes":
+    if recipe.data.dataset not in task.sources:
+        names = " or ".join(repr(s) for s in task.sources)
         raise InputError(
-            f"data.dataset: {task.name} trains on 'scenes', not {recipe.data.dataset!r}"
+            f"data.dataset: {task.name} trains on {names}, not {recipe.data.dataset!r}"
         )
     unsupported = {
         "data.classes": recipe.data.classes,

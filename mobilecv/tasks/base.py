@@ -33,6 +33,9 @@ class Task:
     test_time: ClassVar[frozenset[str]] = frozenset()  # "multi_crop", "ensemble"
     # How a horizontal mirror reorders labelled points (None: no points, or no reordering).
     mirror_permutation: ClassVar[tuple[int, ...] | None] = None
+    # The data sets its labels come from (Task.load's ``source``); classification's are
+    # mobilecv.data's, and it does not use this.
+    sources: ClassVar[tuple[str, ...]] = ("scenes",)
     # The backbone feature maps the head reads (None: mobilecv.features' default strides).
     feature_strides: ClassVar[tuple[int, ...] | None] = None
 

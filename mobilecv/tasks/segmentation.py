@@ -27,8 +27,6 @@ from mobilecv import postprocess
 from mobilecv.errors import InputError
 from mobilecv.tasks.base import SCENE_COUNTS, Task, register_task, scene_config
 
-SOURCES = ("scenes", "nuclei")
-
 
 def default_scenes():
     """1 to 4 Fashion-MNIST items a scene at 96 px, each 25-55 % of the scene's side."""
@@ -112,6 +110,7 @@ class Segmentation(Task):
     agreement_metric = "miou_agreement"
     feature_strides = (2, 4, 8, 16, 32)  # the U-Net decoder's skips
     dice_weight = 0.0
+    sources = ("scenes", "nuclei")
 
     def __init__(self, input_size: int | None = None, output_size: tuple | None = None):
         self.input_size = input_size  # the model's input side (None: as its output)
@@ -155,7 +154,7 @@ class Segmentation(Task):
             return nuclei.load(split, scene_config(nuclei.NucleiConfig(), scenes), limit)
         if source != "scenes":
             raise InputError(
-                f"segmentation trains on {' or '.join(SOURCES)} (--data), not {source!r}"
+                f"segmentation trains on {' or '.join(self.sources)} (--data), not {source!r}"
             )
         return _scene_masks(split, limit, scene_config(default_scenes(), scenes))
 
