@@ -339,11 +339,11 @@ def test_debug_shows_the_traceback_of_a_bug(workdir, args, env):
 
 
 def test_debug_shows_the_traceback_of_bad_input_too(workdir):
-    result = _cli(["--debug", "build", "nope", "-o", "x.keras"], workdir)
+    result = _cli(["--debug", "build", "zzqx", "-o", "x.keras"], workdir)
     assert result.returncode == 2
     assert "Traceback" in result.stderr and "UnknownName" in result.stderr
     assert (
-        result.stderr.strip().splitlines()[-1] == "Error: unknown model 'nope'; see `mobilecv list`"
+        result.stderr.strip().splitlines()[-1] == "Error: unknown model 'zzqx'; see `mobilecv list`"
     )
 
 
