@@ -197,7 +197,8 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
 @json_option("the figures (schema: docs/ARCHITECTURE.md, Contracts)")
 @handle_errors
 def profile_cmd(target, keras, top, sliding_window, as_json, **scaling) -> None:
-    """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""
+    """Per-layer params, MACs, receptive fields and peak activation memory of a model NAME
+    or MODEL_FILE."""
     import mobilecv
     from mobilecv.profiling import format_table, profile
     from mobilecv.registry import resolve
