@@ -235,6 +235,7 @@ def _register_commands() -> None:
     from mobilecv.commands.convert import convert, inspect_cmd
     from mobilecv.commands.detect import detect_command
     from mobilecv.commands.run import run_command
+    from mobilecv.commands.stylize import stylize_command
     from mobilecv.commands.sweep import sweep_command
     from mobilecv.commands.train import compress_command, train_command
 
@@ -249,6 +250,7 @@ def _register_commands() -> None:
         sweep_command,
         anchors_command,
         detect_command,
+        stylize_command,
     ):
         main.add_command(command)
 
