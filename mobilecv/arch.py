@@ -189,6 +189,12 @@ class Field:
     jump: float = 1
     start: float = 0.0
 
+    def span(self, index: int) -> tuple[float, float]:
+        """Centres of the first and last input pixels unit ``index`` sees (inclusive; may
+        reach into the padding, outside [0, n - 1]): the crop of a unit's patch."""
+        centre = self.start + index * self.jump
+        return centre - (self.size - 1) / 2, centre + (self.size - 1) / 2
+
     def then(self, local: Field) -> Field:
         """This field followed by a layer whose own field (on its input's grid) is ``local``."""
         return Field(

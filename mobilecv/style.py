@@ -38,6 +38,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -129,10 +130,9 @@ def layer_style_cost(a_s, a_g):
 
 def style_cost(style_acts: Sequence, generated_acts: Sequence, weights: Sequence[float]):
     """sum_l lambda_l J_style^l over the style layers."""
-    if not len(style_acts) == len(generated_acts) == len(weights):
-        raise InputError(
-            f"{len(weights)} style weights for {len(style_acts)} style layers: give one per layer"
-        )
+    if len(style_acts) != len(generated_acts):
+        raise InputError(f"{len(style_acts)} style activations but {len(generated_acts)} generated")
+    _check_weight_count(len(weights), len(style_acts))
     return sum(
         w * layer_style_cost(s, g)
         for s, g, w in zip(style_acts, generated_acts, weights, strict=True)
@@ -393,7 +393,7 @@ class _Targets:
         return cls(a_c[net.content_layer], [a_s[name] for name in net.style_layers])
 
 
-def _costs(net: LossNetwork, targets: _Targets, image, weights, alpha, beta):
+def _costs(net: LossNetwork, targets: _Targets, image, *, weights, alpha, beta):
     acts = net.activations(image)
     j_content = content_cost(targets.content, acts[net.content_layer])
     j_style = style_cost(targets.style, [acts[n] for n in net.style_layers], weights)
@@ -454,7 +454,7 @@ def _lbfgs(loss_of: Callable, start: np.ndarray, steps: int, tick):
         method="L-BFGS-B",
         bounds=[(0.0, 1.0)] * start.size,
         options={"maxiter": steps},
-        callback=lambda x: tick(fun(x)[0]),
+        callback=lambda intermediate_result: tick(float(intermediate_result.fun)),
     )
     return result.x.reshape(start.shape).astype(np.float32)
 
@@ -479,55 +479,75 @@ def stylize(
     ``content`` and ``style`` are (H, W, 3) float images in [0, 1] of the same size;
     ``style_weights`` (lambda) default to equal weights summing to 1.
     """
-    from mobilecv.progress import Progress
-
     optimizer = parse_choice(Optimizer, optimizer, "optimizer")
     weights = _style_weights(style_weights, len(net.style_layers))
     _check_pair(content, style)
     targets = _Targets.of(net, content[None], style[None])
-    rng = np.random.default_rng(seed)
-    start = np.clip(content + rng.uniform(-noise, noise, content.shape), 0, 1).astype(np.float32)
+    start = _noisy(content, noise, seed)
     gram_start, _ = _distances(net, targets, start[None])
-    losses: list[float] = []
     began = time.perf_counter()
+    loss_of = partial(_costs, net, targets, weights=weights, alpha=alpha, beta=beta)
+    image, losses = _optimise(loss_of, start, optimizer, steps, learning_rate, progress)
+    seconds = round(time.perf_counter() - began, 2)
+    gram_end, content_distance = _distances(net, targets, image[None])
+    _, style_content = _distances(net, targets, style[None])
+    settings = dict(
+        alpha=alpha,
+        beta=beta,
+        optimizer=str(optimizer),
+        learning_rate=learning_rate,
+        noise=noise,
+        seed=seed,
+        size=content.shape[0],
+        content_layer=net.content_layer,
+        style_layers=list(net.style_layers),
+        style_weights=weights,
+    )
+    return StyleResult(
+        image,
+        losses,
+        gram_start,
+        gram_end,
+        content_distance,
+        style_content,
+        network=net.description,
+        seconds=seconds,
+        settings=settings,
+    )
+
+
+def _noisy(content: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(content + rng.uniform(-noise, noise, content.shape), 0, 1).astype(np.float32)
+
+
+def _optimise(loss_of: Callable, start, optimizer: Optimizer, steps, learning_rate, progress):
+    """The optimised image and J(G) after each step, with a progress bar."""
+    from mobilecv.progress import Progress
+
+    losses: list[float] = []
     with Progress("stylizing", total=steps, unit="step", enabled=progress) as bar:
 
         def tick(loss: float) -> None:
             losses.append(loss)
             bar.update(note=f"J {loss:.4g}")
 
-        def loss_of(image):
-            return _costs(net, targets, image, weights, alpha, beta)
-
         if optimizer == Optimizer.ADAM:
             image = _adam(loss_of, start, steps, learning_rate, tick)
         else:
             image = _lbfgs(loss_of, start, steps, tick)
-    gram_end, content_distance = _distances(net, targets, image[None])
-    _, style_content = _distances(net, targets, style[None])
-    settings = {"alpha": alpha, "beta": beta, "optimizer": str(optimizer), "style_weights": weights}
-    settings.update(learning_rate=learning_rate, noise=noise, seed=seed, size=content.shape[0])
-    settings.update(content_layer=net.content_layer, style_layers=list(net.style_layers))
-    return StyleResult(
-        image=image,
-        losses=losses,
-        gram_start=gram_start,
-        gram_end=gram_end,
-        content_distance=content_distance,
-        style_content_distance=style_content,
-        network=net.description,
-        seconds=round(time.perf_counter() - began, 2),
-        settings=settings,
-    )
+    return image, losses
+
+
+def _check_weight_count(weights: int, layers: int) -> None:
+    if weights != layers:
+        raise InputError(f"{weights} style weights for {layers} style layers: give one per layer")
 
 
 def _style_weights(weights: Sequence[float] | None, layers: int) -> list[float]:
     if weights is None:
         return [1.0 / layers] * layers
-    if len(weights) != layers:
-        raise InputError(
-            f"{len(weights)} style weights for {layers} style layers: give one per layer"
-        )
+    _check_weight_count(len(weights), layers)
     if any(w < 0 for w in weights):
         raise InputError("style weights must be >= 0")
     return [float(w) for w in weights]

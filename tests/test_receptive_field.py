@@ -122,13 +122,8 @@ def _support(model, unit: tuple) -> list[tuple[int, int]]:
 def _predicted(fields, unit, shape) -> list[tuple[int, int]]:
     spans = []
     for f, i, n in zip(fields, unit, shape, strict=True):
-        centre = f.start + i * f.jump
-        spans.append(
-            (
-                max(0, int(np.ceil(centre - (f.size - 1) / 2))),
-                min(n - 1, int(centre + (f.size - 1) / 2)),
-            )
-        )
+        low, high = f.span(i)
+        spans.append((max(0, int(np.ceil(low))), min(n - 1, int(np.floor(high)))))
     return spans
 
 
