@@ -173,3 +173,83 @@ def _transposed_size(size: int, k: int, stride: int, padding, output_padding) ->
         output_padding = 0
     pad = k // 2 if padding == "same" else _explicit(padding)
     return (size - 1) * stride - 2 * pad + k + output_padding
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field of a layer's units along one input axis, in input pixels.
+
+    ``size`` r: pixels one unit sees; ``jump`` j: input pixels between neighbouring units
+    (the stride product); ``start``: the centre of the first unit's field, in input pixel
+    indices (the first pixel's centre is 0; a negative start lies in the padding). Unit i
+    sees the pixels centred on ``start + i * jump``, ``size`` wide.
+    """
+
+    size: float = 1
+    jump: float = 1
+    start: float = 0.0
+
+    def span(self, index: int) -> tuple[float, float]:
+        """Centres of the first and last input pixels unit ``index`` sees (inclusive; may
+        reach into the padding, outside [0, n - 1]): the crop of a unit's patch."""
+        centre = self.start + index * self.jump
+        return centre - (self.size - 1) / 2, centre + (self.size - 1) / 2
+
+    def then(self, local: Field) -> Field:
+        """This field followed by a layer whose own field (on its input's grid) is ``local``."""
+        return Field(
+            size=self.size + (local.size - 1) * self.jump,
+            jump=self.jump * local.jump,
+            start=self.start + local.start * self.jump,
+        )
+
+
+def window_field(
+    kernel: int,
+    stride: int = 1,
+    pad_before: int = 0,
+    *,
+    dilation: int = 1,
+    transposed: bool = False,
+) -> Field:
+    """One window's own field (convolution, pooling, padding), on its input's unit grid.
+
+    Chained by :meth:`Field.then` it is the standard recurrence: r_out = r_in + (k - 1) j_in;
+    j_out = j_in s; start_out = start_in + ((k - 1)/2 - p) j_in, with k the dilated kernel
+    and p the zeros before the first input (ZeroPadding is k = 1, s = 1, p its zeros; a crop
+    is p < 0). A transposed convolution (and upsampling, k = s) divides the jump by s; an
+    output unit takes at most ceil(k / s) input units, so r_out = r_in + (ceil(k / s) - 1)
+    j_in (the largest field; units at other phases of s see fewer). The centres of the
+    input units an output unit takes step in a staircase (s outputs per input); start is that
+    staircase's straight line, the output grid mapped back through the convolution it
+    transposes (p its zeros): start_in + (p - (k - 1)/2) / s j_in, off by at most
+    (s - 1) / (2 s) j_in for any one unit.
+    """
+    k = (kernel - 1) * dilation + 1
+    if transposed:
+        return Field(
+            size=-(-k // stride), jump=1 / stride, start=(pad_before - (k - 1) / 2) / stride
+        )
+    return Field(size=k, jump=stride, start=(k - 1) / 2 - pad_before)
+
+
+def same_pad_before(size: int | None, kernel: int, stride: int, dilation: int = 1) -> int:
+    """Zeros TF's "same" padding puts before the first input: half the total, rounded down.
+
+    The total is max((ceil(n / s) - 1) s + k - n, 0); an unknown n is taken as a multiple of s.
+    """
+    k = (kernel - 1) * dilation + 1
+    if size is None:
+        return max(k - stride, 0) // 2
+    return max((-(-size // stride) - 1) * stride + k - size, 0) // 2
+
+
+def merge_fields(fields: Sequence[Field]) -> Field | None:
+    """The field of a merge (Add, Concatenate, ...) of inputs on the same unit grid: the
+    union of the inputs' fields (the largest one when their centres agree). None when the
+    jumps differ: the inputs' units are not on one grid."""
+    if len({f.jump for f in fields}) != 1:
+        return None
+    low = min(f.start - (f.size - 1) / 2 for f in fields)
+    high = max(f.start + (f.size - 1) / 2 for f in fields)
+    return Field(size=high - low + 1, jump=fields[0].jump, start=(low + high) / 2)

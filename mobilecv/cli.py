@@ -197,7 +197,8 @@ def build(name, keras, weights, output, force, as_json, **scaling) -> None:
 @json_option("the figures (schema: docs/ARCHITECTURE.md, Contracts)")
 @handle_errors
 def profile_cmd(target, keras, top, sliding_window, as_json, **scaling) -> None:
-    """Per-layer params, MACs and peak activation memory of a model NAME or MODEL_FILE."""
+    """Per-layer params, MACs, receptive fields and peak activation memory of a model NAME
+    or MODEL_FILE."""
     import mobilecv
     from mobilecv.profiling import format_table, profile
     from mobilecv.registry import resolve
@@ -235,6 +236,7 @@ def _register_commands() -> None:
     from mobilecv.commands.detect import detect_command
     from mobilecv.commands.run import run_command
     from mobilecv.commands.segment import segment_command
+    from mobilecv.commands.stylize import stylize_command
     from mobilecv.commands.sweep import sweep_command
     from mobilecv.commands.train import compress_command, train_command
 
@@ -250,6 +252,7 @@ def _register_commands() -> None:
         anchors_command,
         detect_command,
         segment_command,
+        stylize_command,
     ):
         main.add_command(command)
 

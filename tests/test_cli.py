@@ -75,7 +75,10 @@ def test_profile_json_schema():
     ):
         assert key in data
     assert data["name"] == "mobilenet_v2" and data["width"] == 0.35 and data["resolution"] == 32
-    assert set(data["layers"][1]) == {"name", "type", "output_shape", "params", "macs"}
+    assert set(data["layers"][1]) == {
+        *("name", "type", "output_shape", "params", "macs"),
+        *("receptive_field", "jump", "start"),
+    }
     assert sum(layer["macs"] for layer in data["layers"]) == data["macs"]
     assert data["activation_bytes_int8"] * 4 == data["activation_bytes"]
 

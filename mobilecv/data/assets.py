@@ -1,6 +1,7 @@
 """Real assets that install offline, and their loaders.
 
-- OpenCV's `digits.png` (Debian `opencv-doc`): 5,000 real handwritten digits, 20x20.
+- OpenCV's `digits.png` (Debian `opencv-doc`): 5,000 real handwritten digits, 20x20; and
+  its `starry_night.jpg`, the style image of neural style transfer.
 - ViSP's `AprilTag.pgm` (Debian `visp-images-data`): a real 640x480 photo of 12 printed
   square markers with their corners, and the 1927 Solvay conference photo with 30 face boxes.
 - The `stardist` wheel's `img2d.tif` / `mask2d.tif`: a real 512x512 nuclei image and labels.
@@ -97,6 +98,8 @@ def _installed_package_dirs(path: str) -> list[Path]:
 
 _VISP = "usr/share/visp-images-data/ViSP-images"
 DIGITS_PNG = AssetFile("opencv-doc", "usr/share/doc/opencv-doc/examples/data/digits.png")
+# Van Gogh's The Starry Night (600x752), the style image of Gatys et al.'s figures
+STARRY_NIGHT = AssetFile("opencv-doc", "usr/share/doc/opencv-doc/examples/data/starry_night.jpg")
 APRILTAG_PGM = AssetFile("visp-images-data", f"{_VISP}/AprilTag/AprilTag.pgm")
 APRILTAG_TRUTH = AssetFile("visp-images-data", f"{_VISP}/AprilTag/ground_truth_detection.txt")
 SOLVAY_PNG = AssetFile("visp-images-data", f"{_VISP}/faces/1280px-Solvay_conference_1927.png")
@@ -105,6 +108,7 @@ NUCLEI_IMAGE = AssetFile(STARDIST_WHEEL, "stardist/data/images/img2d.tif", kind=
 NUCLEI_MASK = AssetFile(STARDIST_WHEEL, "stardist/data/images/mask2d.tif", kind="wheel")
 ASSET_FILES = (
     DIGITS_PNG,
+    STARRY_NIGHT,
     APRILTAG_PGM,
     APRILTAG_TRUTH,
     SOLVAY_PNG,
