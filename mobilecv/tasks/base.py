@@ -38,6 +38,7 @@ class Task:
     sources: ClassVar[tuple[str, ...]] = ("scenes",)
     # The backbone feature maps the head reads (None: mobilecv.features' default strides).
     feature_strides: ClassVar[tuple[int, ...] | None] = None
+    legend: ClassVar[str] = "red: prediction, green: label"  # how paint() draws
 
     # ------------------------------------------------------------------ model
     def options_of(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,7 +110,7 @@ class Task:
             ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
             self.paint(ax, decoded, data.y, i, float(image.shape[1]))
         heading = "; ".join(t for t in (title, data.provenance[:110]) if t)
-        fig.suptitle(f"{heading}\nred: prediction, green: label", fontsize=8)
+        fig.suptitle(f"{heading}\n{self.legend}", fontsize=8)
         fig.tight_layout()
         with atomic_path(path, force=True) as tmp:
             fig.savefig(tmp, dpi=100, format="png")

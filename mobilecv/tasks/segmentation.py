@@ -111,6 +111,7 @@ class Segmentation(Task):
     feature_strides = (2, 4, 8, 16, 32)  # the U-Net decoder's skips
     dice_weight = 0.0
     sources = ("scenes", "nuclei")
+    legend = "colours: predicted classes (postprocess.PALETTE), green outline: label"
 
     def __init__(self, input_size: int | None = None, output_size: tuple | None = None):
         self.input_size = input_size  # the model's input side (None: as its output)
