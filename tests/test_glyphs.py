@@ -55,6 +55,28 @@ def test_fonts_lacking_a_character_give_no_sample(glyph_set):
     assert len(sources) >= 15 and not any(s.startswith("Liberation") for s in sources)
 
 
+def test_a_notdef_box_is_not_taken_for_a_glyph(monkeypatch):
+    # A cmap that claims every character: Liberation Sans then "draws" Armenian as its
+    # .notdef box, which the rendering check must still refuse.
+    import fontTools.ttLib
+
+    class ClaimsEverything(dict):
+        def __contains__(self, point):
+            return True
+
+    class FakeFont:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getitem__(self, table):
+            return type("Cmap", (), {"getBestCmap": lambda self: ClaimsEverything()})()
+
+    monkeypatch.setattr(fontTools.ttLib, "TTFont", FakeFont)
+    sans = next(p for p in glyphs_font_paths() if p.name == "LiberationSans-Regular.ttf")
+    found = glyphs._font_glyphs(sans, [0x41, 0x531, 0x10D0], glyphs.GLYPH_SIDE)
+    assert list(found) == [0x41]
+
+
 def test_look_alikes_across_scripts_are_dropped(glyph_set):
     names = set(glyph_set.identities)
     for kept in ("U+0041 LATIN CAPITAL LETTER A", "U+006F LATIN SMALL LETTER O"):
