@@ -117,7 +117,9 @@ def test_splits_are_disjoint_identities_covering_the_set(glyph_set):
 
 
 def test_generation_is_deterministic_in_process_and_across_processes(glyph_set):
-    again = glyphs._glyph_set.__wrapped__(glyphs.GLYPH_SIDE, 0)  # a fresh build, not the cache
+    # In process: the random part again (augmentation and assembly, not the cached set);
+    # the fresh process below repeats everything, the font rendering included.
+    again = glyphs._glyph_set.__wrapped__(glyphs.GLYPH_SIDE, 0)
     assert _digest(again) == _digest(glyph_set)
     code = (
         "import hashlib, numpy as np; from mobilecv.data.glyphs import glyph_identities\n"

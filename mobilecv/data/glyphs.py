@@ -51,6 +51,7 @@ VALIDATION_IDENTITIES = 0.15
 FONT_SCALE = 0.7  # font size in pixels / side
 ELASTIC_AMPLITUDE = 0.04  # largest displacement / side
 ELASTIC_GRID = 5  # control points a side of the smooth displacement field
+AUGMENT_CHUNK = 512
 LFW_FACES = 100  # lfw_subset holds 100 faces, then 100 non-faces
 LFW_VIEWS = 20
 
@@ -198,16 +199,26 @@ def _kept_identities(clean: list[dict[int, np.ndarray]], points: list[int]) -> l
 def _augment(images: np.ndarray, keys: list[tuple[int, ...]]) -> np.ndarray:
     """Elastic and stroke-width changes of a (N, side, side) stack, sample i's random
     numbers drawn from keys[i] alone (so a sample does not depend on the others)."""
-    from scipy.ndimage import grey_dilation, grey_erosion, map_coordinates, zoom
+    from scipy.ndimage import zoom
+
+    side = images.shape[1]
+    # Smooth displacement fields: random values on a 5 x 5 grid, spline-interpolated
+    # (the cubic spline is separable: one (side, 5) matrix per axis).
+    units = np.eye(ELASTIC_GRID)
+    upsample = np.stack([zoom(unit, side / ELASTIC_GRID, order=3) for unit in units], 1)
+    out = np.empty_like(images)
+    for start in range(0, len(images), AUGMENT_CHUNK):  # bounded memory, cache-friendly
+        chunk = slice(start, start + AUGMENT_CHUNK)
+        out[chunk] = _augment_chunk(images[chunk], keys[chunk], upsample)
+    return out
+
+
+def _augment_chunk(images: np.ndarray, keys: list[tuple[int, ...]], upsample) -> np.ndarray:
+    from scipy.ndimage import grey_dilation, grey_erosion, map_coordinates
 
     count, side, _ = images.shape
     rngs = [np.random.default_rng(key) for key in keys]
-    # Smooth displacement fields: random values on a 5 x 5 grid, spline-interpolated
-    # (the cubic spline is separable: one (side, 5) matrix per axis).
     coarse = np.stack([rng.uniform(-1, 1, (2, ELASTIC_GRID, ELASTIC_GRID)) for rng in rngs])
-    upsample = np.stack(
-        [zoom(unit, side / ELASTIC_GRID, order=3) for unit in np.eye(ELASTIC_GRID)], 1
-    )
     fields = upsample @ coarse @ upsample.T
     peak = np.abs(fields).max(axis=(1, 2, 3), keepdims=True)
     fields *= ELASTIC_AMPLITUDE * side / np.maximum(peak, 1e-12)
@@ -234,7 +245,8 @@ def _split_identities(count: int, split: Split, seed: int) -> np.ndarray:
 
 
 @cache
-def _glyph_set(side: int, seed: int) -> IdentityData:
+def _clean_glyphs(side: int) -> tuple[list[Path], list[int], list[dict[int, np.ndarray]]]:
+    """(font paths, kept code points, per font {point: clean rendering at `side`})."""
     from mobilecv.data.assets import font_paths
 
     paths = font_paths()
@@ -242,7 +254,14 @@ def _glyph_set(side: int, seed: int) -> IdentityData:
     # Identities are chosen on renderings at the default side, so every side has the same.
     reference = [_font_glyphs(path, points, GLYPH_SIDE) for path in paths]
     identities = _kept_identities(reference, points)
-    clean = reference if side == GLYPH_SIDE else [_font_glyphs(p, identities, side) for p in paths]
+    if side != GLYPH_SIDE:
+        return paths, identities, [_font_glyphs(p, identities, side) for p in paths]
+    return paths, identities, [{p: g[p] for p in identities if p in g} for g in reference]
+
+
+@cache
+def _glyph_set(side: int, seed: int) -> IdentityData:
+    paths, identities, clean = _clean_glyphs(side)
     images, labels, sources, keys = [], [], [], []
     for label, point in enumerate(identities):
         for font_index, (path, glyphs) in enumerate(zip(paths, clean, strict=True)):
