@@ -182,3 +182,12 @@ def test_font_files_install_into_the_asset_cache(tmp_path, monkeypatch):
     assert assets.missing(liberation) == []
     installed = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
     assert installed == sorted(Path(f.path).name for f in liberation)  # nothing else
+
+
+def test_a_corrupt_font_file_is_a_one_line_run_failure(tmp_path):
+    from mobilecv.errors import RunFailed
+
+    bad = tmp_path / "Broken.ttf"
+    bad.write_bytes(b"not a font at all")
+    with pytest.raises(RunFailed, match="cannot read font .*Broken.ttf"):
+        glyphs._font_glyphs(bad, [0x41], glyphs.GLYPH_SIDE)

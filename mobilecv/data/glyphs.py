@@ -136,7 +136,7 @@ def _render(font, text: str, side: int) -> np.ndarray | None:
 
 def _font_glyphs(path: Path, points: list[int], side: int) -> dict[int, np.ndarray]:
     """{code point: clean rendering} for the points this font really has."""
-    from fontTools.ttLib import TTFont
+    from fontTools.ttLib import TTFont, TTLibError
     from PIL import ImageFont
 
     try:
@@ -145,7 +145,7 @@ def _font_glyphs(path: Path, points: list[int], side: int) -> dict[int, np.ndarr
         font = ImageFont.truetype(
             str(path), round(FONT_SCALE * side), layout_engine=ImageFont.Layout.BASIC
         )
-    except Exception as error:  # fontTools and FreeType raise their own types
+    except (OSError, TTLibError) as error:
         raise RunFailed(f"cannot read font {path}: {error}") from error
     notdef = _render(font, "\U0010ffff", side)  # a noncharacter: no font maps it
     glyphs = {}
