@@ -6,6 +6,9 @@
   square markers with their corners, and the 1927 Solvay conference photo with 30 face boxes.
 - The `stardist` wheel's `img2d.tif` / `mask2d.tif`: a real 512x512 nuclei image and labels.
 - scikit-image's textures and photos and scikit-learn's sample images, as backgrounds.
+- The TrueType fonts of Debian's fonts-dejavu-core/-extra, fonts-freefont-ttf and
+  fonts-liberation2 (46 files, 21 MB, from 7 MB of .deb archives; DejaVu is usually
+  installed already): the writers of the glyph identity set (mobilecv.data.glyphs).
 
 The Debian files are looked up where the package installs them and then in the asset
 cache (`$MOBILECV_ASSETS`, default `~/.cache/mobilecv/assets`, mirroring the package
@@ -106,6 +109,38 @@ SOLVAY_PNG = AssetFile("visp-images-data", f"{_VISP}/faces/1280px-Solvay_confere
 SOLVAY_TRUTH = AssetFile("visp-images-data", f"{_VISP}/faces/ground_truth_detection.txt")
 NUCLEI_IMAGE = AssetFile(STARDIST_WHEEL, "stardist/data/images/img2d.tif", kind="wheel")
 NUCLEI_MASK = AssetFile(STARDIST_WHEEL, "stardist/data/images/mask2d.tif", kind="wheel")
+_FONT_FOLDER = "usr/share/fonts/truetype"
+_DEJAVU_CORE = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono", "DejaVuSansMono-Bold")
+_DEJAVU_CORE += ("DejaVuSerif", "DejaVuSerif-Bold")
+_DEJAVU_EXTRA = ("DejaVuMathTeXGyre", "DejaVuSans-BoldOblique", "DejaVuSans-ExtraLight")
+_DEJAVU_EXTRA += ("DejaVuSans-Oblique", "DejaVuSansMono-BoldOblique", "DejaVuSansMono-Oblique")
+_DEJAVU_EXTRA += tuple(f"DejaVuSansCondensed{s}" for s in ("", "-Bold", "-BoldOblique", "-Oblique"))
+_DEJAVU_EXTRA += tuple(f"DejaVuSerif{s}" for s in ("-BoldItalic", "-Italic"))
+_DEJAVU_EXTRA += tuple(f"DejaVuSerifCondensed{s}" for s in ("", "-Bold", "-BoldItalic", "-Italic"))
+_FREEFONT = tuple(
+    f"Free{family}{style}"
+    for family, styles in (
+        ("Mono", ("", "Bold", "BoldOblique", "Oblique")),
+        ("Sans", ("", "Bold", "BoldOblique", "Oblique")),
+        ("Serif", ("", "Bold", "BoldItalic", "Italic")),
+    )
+    for style in styles
+)
+_LIBERATION = tuple(
+    f"Liberation{family}-{style}"
+    for family in ("Mono", "Sans", "Serif")
+    for style in ("Regular", "Bold", "BoldItalic", "Italic")
+)
+FONT_FILES = tuple(
+    AssetFile(package, f"{_FONT_FOLDER}/{folder}/{name}.ttf")
+    for package, folder, names in (
+        ("fonts-dejavu-core", "dejavu", _DEJAVU_CORE),
+        ("fonts-dejavu-extra", "dejavu", _DEJAVU_EXTRA),
+        ("fonts-freefont-ttf", "freefont", _FREEFONT),
+        ("fonts-liberation2", "liberation2", _LIBERATION),
+    )
+    for name in names
+)
 ASSET_FILES = (
     DIGITS_PNG,
     STARRY_NIGHT,
@@ -115,6 +150,7 @@ ASSET_FILES = (
     SOLVAY_TRUTH,
     NUCLEI_IMAGE,
     NUCLEI_MASK,
+    *FONT_FILES,
 )
 
 
@@ -257,6 +293,14 @@ def stardist_nuclei() -> tuple[np.ndarray, np.ndarray]:
     import tifffile
 
     return tifffile.imread(locate(NUCLEI_IMAGE)), tifffile.imread(locate(NUCLEI_MASK))
+
+
+# --------------------------------------------------------------------------- fonts
+
+
+def font_paths() -> list[Path]:
+    """The 46 font files of the glyph identity set, in FONT_FILES order."""
+    return [locate(font) for font in FONT_FILES]
 
 
 # --------------------------------------------------------------------------- backgrounds
