@@ -154,7 +154,7 @@ def test_list_shows_every_model_with_cost():
 def test_console_script_real_exit_code(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "mobilecv")
     proc = subprocess.run(
-        [exe, "build", "nope", "-o", str(tmp_path / "x.keras")], capture_output=True, text=True
+        [exe, "build", "zzqx", "-o", str(tmp_path / "x.keras")], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["Error: unknown model 'nope'; see `mobilecv list`"]
+    assert proc.stderr.strip().splitlines() == ["Error: unknown model 'zzqx'; see `mobilecv list`"]
