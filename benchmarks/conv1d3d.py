@@ -91,7 +91,10 @@ def one_d(args, work: Path) -> dict:
         "lenet5", dims=1, resolution=WINDOW, input_channels=1, classes=4,
         activation="relu", pooling="max",
     )  # fmt: skip
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    from mobilecv._tf import get_keras
+
+    optimizer = get_keras("tf_keras").optimizers.Adam(args.lr)
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
     model.fit(
         data.x_train, data.y_train, epochs=args.epochs, batch_size=32, verbose=0,
@@ -146,7 +149,7 @@ def markdown(result: dict) -> str:
     d1 = result["one_d"]
     lines = [
         f"1D LeNet-5 (relu, max pool) on {d1['source']}: electrode of a {d1['window']}-sample "
-        f"window, {d1['epochs']} epochs in {d1['train_seconds']} s; Keras test accuracy "
+        f"window, {d1['epochs']} epochs (Adam {result['config']['lr']:g}) in {d1['train_seconds']} s; Keras test accuracy "
         f"{d1['models']['keras']['accuracy']:.3f}.",
         "",
         "| model | mode | converts | bytes | MACs | host p50 ms | accuracy | TFLite Micro |",
@@ -173,12 +176,13 @@ def _row(name: str, mode: str, row: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a few epochs and runs, to check")
-    p.add_argument("--epochs", type=int, default=None, help="1D training epochs (default 30)")
+    p.add_argument("--epochs", type=int, default=None, help="1D training epochs (default 60)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate")
     p.add_argument("--runs", type=int, default=None, help="host benchmark runs (default 200)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", default=str(common.OUT))
     args = p.parse_args(argv)
-    args.epochs = args.epochs or (5 if args.quick else 30)
+    args.epochs = args.epochs or (5 if args.quick else 60)
     args.runs = args.runs or (20 if args.quick else 200)
     with tempfile.TemporaryDirectory(prefix="conv1d3d-") as tmp:
         result = {
