@@ -239,6 +239,7 @@ def _register_commands() -> None:
     from mobilecv.commands.stylize import stylize_command
     from mobilecv.commands.sweep import sweep_command
     from mobilecv.commands.train import compress_command, train_command
+    from mobilecv.commands.visualize import visualize_command
 
     for command in (
         train_command,
@@ -253,6 +254,7 @@ def _register_commands() -> None:
         detect_command,
         segment_command,
         stylize_command,
+        visualize_command,
     ):
         main.add_command(command)
 
