@@ -516,12 +516,7 @@ def row_cells(name: str, row: dict) -> list[str]:
 
 
 def table_lines(result: dict) -> list[str]:
-    head = "".join(format(title, spec) for title, spec in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for name, row in result["rows"].items():
-        cells = row_cells(name, row)
-        lines.append("".join(format(c, spec) for c, (_, spec) in zip(cells, COLUMNS, strict=True)))
-    return lines
+    return common.text_table(result["rows"], COLUMNS, row_cells)
 
 
 def markdown(result: dict) -> str:
@@ -532,14 +527,10 @@ def markdown(result: dict) -> str:
         "",
         *settings_lines(result),
         "",
-        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) - 1),
+        *common.markdown_table(result["rows"], COLUMNS, row_cells),
+        "",
+        *common.target_bullets(result["targets"]),
     ]
-    for name, row in result["rows"].items():
-        lines.append("| " + " | ".join(row_cells(name, row)) + " |")
-    lines.append("")
-    for tgt in result["targets"]:
-        lines.append(f"- {'PASS' if tgt['pass'] else 'MISS'} {tgt['target']}: {tgt['measured']}")
     pictures = ", ".join(f"`{p}`" for p in result["pictures"].values())
     lines += ["", f"Pictures: {pictures}.", ""]
     return "\n".join(lines)

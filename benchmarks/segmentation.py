@@ -273,12 +273,7 @@ def row_cells(name: str, row: dict) -> list[str]:
 
 
 def table_lines(result: dict) -> list[str]:
-    head = "".join(format(title, spec) for title, spec in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for name, row in result["rows"].items():
-        cells = row_cells(name, row)
-        lines.append("".join(format(c, spec) for c, (_, spec) in zip(cells, COLUMNS, strict=True)))
-    return lines
+    return common.text_table(result["rows"], COLUMNS, row_cells)
 
 
 def settings_lines(result: dict) -> list[str]:
@@ -298,12 +293,9 @@ def markdown(result: dict) -> str:
         "",
         *settings_lines(result),
         "",
-        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) - 1),
-        *("| " + " | ".join(row_cells(n, r)) + " |" for n, r in result["rows"].items()),
+        *common.markdown_table(result["rows"], COLUMNS, row_cells),
         "",
-        *(f"- {'PASS' if t['pass'] else 'MISS'} {t['target']}: {t['measured']}"
-          for t in result["targets"]),
+        *common.target_bullets(result["targets"]),
         "",
         "Overlays: " + ", ".join(f"`{p}`" for p in result["pictures"].values()) + ".",
         "",

@@ -223,3 +223,29 @@ def shown_path(path: str | Path) -> Path:
     if "benchmarks" in parts:
         return Path(*parts[len(parts) - 1 - parts[::-1].index("benchmarks") :])
     return path
+
+
+# ------------------------------------------------------------------ tables
+
+
+def text_table(rows: dict, columns, row_cells) -> list[str]:
+    """Fixed-width text: ``columns`` (title, format spec) pairs, a rule, one line a row
+    (``row_cells(name, row)`` gives its cells as text)."""
+    head = "".join(format(title, spec) for title, spec in columns)
+    lines = [head, "-" * len(head)]
+    for name, row in rows.items():
+        cells = row_cells(name, row)
+        lines.append("".join(format(c, spec) for c, (_, spec) in zip(cells, columns, strict=True)))
+    return lines
+
+
+def markdown_table(rows: dict, columns, row_cells) -> list[str]:
+    """The same rows as a Markdown table, the first column left-aligned."""
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |"]
+    lines.append("|---|" + "---:|" * (len(columns) - 1))
+    lines += ["| " + " | ".join(row_cells(name, row)) + " |" for name, row in rows.items()]
+    return lines
+
+
+def target_bullets(targets: list[dict]) -> list[str]:
+    return [f"- {'PASS' if t['pass'] else 'MISS'} {t['target']}: {t['measured']}" for t in targets]
