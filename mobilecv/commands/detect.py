@@ -21,9 +21,11 @@ import click
 
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
 from mobilecv.commands.imagefiles import (
+    each_image,
     image_paths,
     load_model,
     model_input,
+    output_targets,
     read_image,
     read_names,
 )
@@ -129,12 +131,16 @@ def detect_command(
     info, anchors = _detector_info(model)
     decoder = Decoder(anchors, options, in_graph="nms" in info.task_options)
     paths = image_paths(images)
-    targets = _targets(paths, Path(out_dir), force)
+    targets = output_targets(paths, Path(out_dir), [".png"], [DETECTIONS_FILE, IMAGES_FILE], force)
     names = read_names(names_file) if names_file else None
     runner = load_model(model, "detect")
     classes = _check_model(runner, model, decoder, info, names, names_file)
     progress = not as_json and len(paths) > 1
-    found = _detect_all(runner, paths, targets, info.input_range, decoder, progress)
+    found = each_image(
+        "detecting", paths, targets,
+        lambda path, target: _detect_one(runner, path, target, info.input_range, decoder),
+        progress,
+    )  # fmt: skip
     labels = names or [str(k) for k in range(classes)]
     written = _write_all(found, labels, Path(out_dir), force, progress)
     if as_json:
@@ -187,23 +193,6 @@ def _detector_info(model: str):
     return info, anchors
 
 
-def _targets(paths: list[Path], out: Path, force: bool) -> list[Path]:
-    """OUT/<stem>.png per image; refuses two images of one stem and, without `force`,
-    an existing output (naming the first), before any work."""
-    from mobilecv.fileio import check_writable
-
-    targets, seen = [], {}
-    for path in paths:
-        target = out / f"{path.stem}.png"
-        if target in seen:
-            raise InputError(f"{seen[target]} and {path} would both write {target}")
-        seen[target] = path
-        targets.append(target)
-    for target in [*targets, out / DETECTIONS_FILE, out / IMAGES_FILE]:
-        check_writable(target, force)
-    return targets
-
-
 def _check_model(runner, model: str, decoder: Decoder, info, names, names_file) -> int:
     """The model's class count, after one blank image through the model and the decoder:
     outputs that do not fit its anchors are refused before any image is read."""
@@ -252,18 +241,6 @@ def _detect_one(runner, path: Path, target: Path, input_range, decoder: Decoder)
     decoded = decoder(runner.predict_outputs(x, decoder.names))
     width, height = image.size
     return Found(path, target, width, height, to_pixels(decoded, width, height))
-
-
-def _detect_all(runner, paths, targets, input_range, decoder: Decoder, progress) -> list[Found]:
-    """Every image read and detected, before anything is written."""
-    from mobilecv.progress import Progress
-
-    found = []
-    with Progress("detecting", len(paths), "image", enabled=progress) as bar:
-        for path, target in zip(paths, targets, strict=True):
-            found.append(_detect_one(runner, path, target, input_range, decoder))
-            bar.update(1, note=path.name)
-    return found
 
 
 # ------------------------------------------------------------------ writing

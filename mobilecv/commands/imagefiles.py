@@ -106,3 +106,37 @@ def model_input(image, input_shape, input_range):
     resized = converted.resize((width, height), Image.Resampling.BILINEAR)
     x = np.asarray(resized, dtype=np.float32).reshape(1, height, width, channels)
     return map_range(x, input_range).astype(np.float32)
+
+
+def output_targets(paths: list[Path], out: Path, suffixes, shared, force: bool) -> list:
+    """OUT/<stem><suffix> for each image and suffix (a tuple per image, or one path for a
+    single suffix), after refusing two images of one stem and, without ``force``, any
+    existing output, ``shared`` files (written once for all images) included, before any
+    work."""
+    from mobilecv.fileio import check_writable
+
+    targets, seen = [], {}
+    for path in paths:
+        files = tuple(out / f"{path.stem}{suffix}" for suffix in suffixes)
+        if files[0] in seen:
+            raise InputError(f"{seen[files[0]]} and {path} would both write {files[0]}")
+        seen[files[0]] = path
+        targets.append(files if len(files) > 1 else files[0])
+    for target in [*seen, *(f for t in targets if isinstance(t, tuple) for f in t[1:])]:
+        check_writable(target, force)
+    for target in shared:
+        check_writable(out / target, force)
+    return targets
+
+
+def each_image(verb: str, paths, targets, run_one, progress: bool) -> list:
+    """``run_one(path, target)`` for every image in order, under one progress bar: all
+    images read and run before anything is written."""
+    from mobilecv.progress import Progress
+
+    done = []
+    with Progress(verb, len(paths), "image", enabled=progress) as bar:
+        for path, target in zip(paths, targets, strict=True):
+            done.append(run_one(path, target))
+            bar.update(1, note=path.name)
+    return done

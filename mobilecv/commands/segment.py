@@ -16,16 +16,18 @@ import click
 
 from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
 from mobilecv.commands.imagefiles import (
+    each_image,
     image_paths,
     load_model,
     model_input,
+    output_targets,
     read_image,
     read_names,
 )
 from mobilecv.errors import InputError, one_line
 
 SUMMARY_FILE = "segments.json"
-MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
+SUFFIXES = ("_mask.png", "_overlay.png")  # per image: class ids, then the overlay
 
 
 @dataclass
@@ -77,13 +79,16 @@ def segment_command(model, images, out_dir, alpha, names_file, force, as_json) -
         raise InputError(f"--alpha must be in [0, 1]; got {alpha:g}")
     info = _segmenter_info(model)
     paths = image_paths(images)
-    targets = _targets(paths, Path(out_dir), force)
+    targets = output_targets(paths, Path(out_dir), SUFFIXES, [SUMMARY_FILE], force)
     names = read_names(names_file) if names_file else None
     runner = load_model(model, "segment")
     classes = _check_model(runner, model, names, names_file)
     labels = names or [str(k) for k in range(classes)]
     progress = not as_json and len(paths) > 1
-    found = _segment_all(runner, paths, targets, info, progress)
+    found = each_image(
+        "segmenting", paths, targets,
+        lambda path, target: _segment_one(runner, path, target, info), progress,
+    )  # fmt: skip
     written = _write_all(found, labels, alpha, Path(out_dir), force, progress)
     if as_json:
         echo_json(_summary(model, runner, found, labels, written))
@@ -107,23 +112,6 @@ def _segmenter_info(model: str):
     if info.task != "segmentation":
         raise InputError(f"{model} is a {info.task} model, not a segmenter")
     return info
-
-
-def _targets(paths: list[Path], out: Path, force: bool) -> list[tuple[Path, Path]]:
-    """(mask, overlay) files per image; refuses two images of one stem and, without
-    ``force``, an existing output (naming the first), before any work."""
-    from mobilecv.fileio import check_writable
-
-    targets, seen = [], {}
-    for path in paths:
-        mask = out / f"{path.stem}{MASK_SUFFIX}"
-        if mask in seen:
-            raise InputError(f"{seen[mask]} and {path} would both write {mask}")
-        seen[mask] = path
-        targets.append((mask, out / f"{path.stem}{OVERLAY_SUFFIX}"))
-    for target in [*(f for pair in targets for f in pair), out / SUMMARY_FILE]:
-        check_writable(target, force)
-    return targets
 
 
 def _check_model(runner, model: str, names, names_file) -> int:
@@ -160,18 +148,6 @@ def _segment_one(runner, path: Path, target: tuple[Path, Path], info) -> Segment
     classes = postprocess.class_map_to(decoded["classes"][0], height, width, decoded["margin"])
     confidence = float(np.mean(decoded["confidence"]))
     return Segmented(path, *target, classes, confidence)
-
-
-def _segment_all(runner, paths, targets, info, progress: bool) -> list[Segmented]:
-    """Every image read and segmented, before anything is written."""
-    from mobilecv.progress import Progress
-
-    found = []
-    with Progress("segmenting", len(paths), "image", enabled=progress) as bar:
-        for path, target in zip(paths, targets, strict=True):
-            found.append(_segment_one(runner, path, target, info))
-            bar.update(1, note=path.name)
-    return found
 
 
 # ------------------------------------------------------------------ writing
