@@ -234,6 +234,7 @@ def _register_commands() -> None:
     from mobilecv.commands.bench import bench, devices
     from mobilecv.commands.convert import convert, inspect_cmd
     from mobilecv.commands.detect import detect_command
+    from mobilecv.commands.fast_style import train_stylizer_command
     from mobilecv.commands.run import run_command
     from mobilecv.commands.segment import segment_command
     from mobilecv.commands.stylize import stylize_command
@@ -255,6 +256,7 @@ def _register_commands() -> None:
         segment_command,
         stylize_command,
         visualize_command,
+        train_stylizer_command,
     ):
         main.add_command(command)
 

@@ -7,6 +7,7 @@ from mobilecv.models import (  # noqa: F401
     mobilenet,
     nin,
     resnet,
+    stylizer,
     unet,
 )
 from mobilecv.models.weights import load_keras_applications_weights, load_weights

@@ -14,6 +14,7 @@ _TASKS: dict[str, Task] = {}
 # The modules that register the built-in tasks, imported on first use.
 _BUILTIN = (
     "classification", "localisation", "landmarks", "detection", "centroids", "segmentation",
+    "stylization",
 )  # fmt: skip
 
 
