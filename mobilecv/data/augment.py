@@ -105,7 +105,9 @@ class RandomCrop:
             mask = labels["mask"]
             pads = [[p, p], [p, p]] + [[0, 0]] * (len(mask.shape) - 2)
             begin = T.concat([T.stack([oy, ox]), T.zeros([len(mask.shape) - 2], T.int32)], 0)
-            labels["mask"] = T.slice(T.pad(mask, pads), begin, T.shape(mask))
+            # Reflected as the image is, so the border's reflected pixels keep their labels.
+            padded_mask = T.pad(mask, pads, mode="REFLECT")
+            labels["mask"] = T.slice(padded_mask, begin, T.shape(mask))
         return out, labels
 
 

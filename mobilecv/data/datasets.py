@@ -270,6 +270,28 @@ def _unit_images(x, resolution: int | tuple[int, int] | None, channels: int | No
     return x
 
 
+def resize_nearest(mask, size: tuple[int, int]):
+    """A per-pixel label map (H, W[, ...]) at ``size`` by the nearest pixel centre: the
+    rule of mobilecv.postprocess.nearest_indices, so tf.data and numpy scoring agree."""
+    from mobilecv.postprocess import nearest_indices
+
+    T = tf()
+    height, width = int(mask.shape[0]), int(mask.shape[1])
+    if (height, width) == tuple(size):
+        return mask
+    mask = T.gather(mask, nearest_indices(height, size[0]), axis=0)
+    return T.gather(mask, nearest_indices(width, size[1]), axis=1)
+
+
+def _labels_at(y, resolution):
+    """Labels with a per-pixel ``mask`` resized with the image, so that augmentation,
+    which moves both by the image's pixels, keeps them aligned."""
+    if resolution is None or not isinstance(y, dict) or "mask" not in y:
+        return y
+    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    return {**y, "mask": resize_nearest(y["mask"], size)}
+
+
 def to_dataset(
     data: ArrayData,
     *,
@@ -294,7 +316,7 @@ def to_dataset(
     if shuffle:
         ds = ds.shuffle(min(len(data), 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(
-        lambda x, y: (_unit_images(x, resolution, channels), y),
+        lambda x, y: (_unit_images(x, resolution, channels), _labels_at(y, resolution)),
         num_parallel_calls=T.data.AUTOTUNE,
     )
     if augment is not None:

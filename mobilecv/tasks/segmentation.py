@@ -160,18 +160,16 @@ class Segmentation(Task):
         return _scene_masks(split, limit, scene_config(default_scenes(), scenes))
 
     def keras_targets(self, y):
-        """The label map at the model's output (tf ops, inside tf.data)."""
+        """The label map at the model's output (tf ops, inside tf.data): at its input
+        size (where to_dataset has put it already), then centre-cropped."""
         from mobilecv._tf import tf
+        from mobilecv.data.datasets import resize_nearest
 
-        T = tf()
-        mask = T.cast(y["mask"], T.int32)
+        mask = tf().cast(y["mask"], tf().int32)
         if self.output_size is not None:
-            size = self.input_size
-            rows = postprocess.nearest_indices(int(mask.shape[0]), size)
-            cols = postprocess.nearest_indices(int(mask.shape[1]), size)
-            top, left = ((size - o) // 2 for o in self.output_size)
-            mask = T.gather(mask, rows[top : top + self.output_size[0]], axis=0)
-            mask = T.gather(mask, cols[left : left + self.output_size[1]], axis=1)
+            mask = resize_nearest(mask, (self.input_size, self.input_size))
+            top, left = ((self.input_size - o) // 2 for o in self.output_size)
+            mask = mask[top : top + self.output_size[0], left : left + self.output_size[1]]
         return {"mask": mask}, None
 
     def decode(self, outputs):
