@@ -81,6 +81,7 @@ def scaling_options(fn):
             "--backbone",
             help="Backbone of a task model (localizer, landmarker): any registered network.",
         ),
+        click.option("--dim", type=int, help="Embedding dimension of an embedding model."),
         click.option(
             "--option",
             "-O",
@@ -234,6 +235,7 @@ def _register_commands() -> None:
     from mobilecv.commands.bench import bench, devices
     from mobilecv.commands.convert import convert, inspect_cmd
     from mobilecv.commands.detect import detect_command
+    from mobilecv.commands.embed import enroll_command, verify_command
     from mobilecv.commands.fast_style import train_stylizer_command
     from mobilecv.commands.run import run_command
     from mobilecv.commands.segment import segment_command
@@ -257,6 +259,8 @@ def _register_commands() -> None:
         stylize_command,
         visualize_command,
         train_stylizer_command,
+        enroll_command,
+        verify_command,
     ):
         main.add_command(command)
 

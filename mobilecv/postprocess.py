@@ -428,6 +428,47 @@ def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, margin: 
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
+# ------------------------------------------------------------------ embeddings
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """(N, D) float32 rows (a single (D,) vector is one row) scaled to unit length; a zero
+    row stays zero."""
+    e = np.asarray(vectors, dtype=np.float32)
+    e = e.reshape(len(e), -1) if e.ndim > 1 else e.reshape(1, -1)
+    norms = np.linalg.norm(e, axis=1, keepdims=True)
+    return e / np.where(norms > 0, norms, 1.0)
+
+
+def embedding(embedding: np.ndarray) -> dict[str, np.ndarray]:
+    """An encoder's (N, D) embeddings re-normalised to unit length: int8 rounding leaves
+    them slightly off the unit sphere, and distances assume unit vectors."""
+    return {"embedding": _unit_rows(embedding)}
+
+
+def nearest_identity(
+    embedding: np.ndarray, database: np.ndarray, threshold: float
+) -> dict[str, np.ndarray]:
+    """The course's recognition rule: each (D,) or (N, D) embedding against the (M, D)
+    identity encodings of a database. "identity" (N,) is the index of the nearest
+    encoding when its Euclidean distance is under ``threshold``, else -1 (unknown);
+    "nearest" (N,) that index whatever the distance; "distance" (N,) its distance."""
+    e = _unit_rows(embedding)
+    db = np.asarray(database, dtype=np.float32)
+    if db.ndim != 2 or db.shape[1] != e.shape[1] or len(db) == 0:
+        raise ValueError(f"the database must be (M >= 1, {e.shape[1]}); got {db.shape}")
+    distances = np.sqrt(np.maximum(
+        (e**2).sum(1)[:, None] - 2.0 * e @ db.T + (db**2).sum(1)[None, :], 0.0
+    ))  # fmt: skip
+    nearest = np.argmin(distances, axis=1)
+    distance = distances[np.arange(len(e)), nearest]
+    return {
+        "identity": np.where(distance < float(threshold), nearest, -1).astype(np.int64),
+        "nearest": nearest.astype(np.int64),
+        "distance": distance.astype(np.float32),
+    }
+
+
 DECODERS = {
     "classification": classification,
     "localisation": localisation,
@@ -435,6 +476,7 @@ DECODERS = {
     "detection": detection,
     "centroids": centroids,
     "segmentation": segmentation,
+    "embedding": embedding,
 }
 # Each task's model outputs, by name (the Keras output names, kept in the .tflite's
 # signature); mobilecv.tasks uses these names too.
@@ -445,6 +487,7 @@ TASK_OUTPUTS = {
     "detection": ("objectness", "box", "scores"),
     "centroids": ("heatmap",),
     "segmentation": ("mask",),
+    "embedding": ("embedding",),
 }
 
 

@@ -385,9 +385,17 @@ def task_scores(model, data: ArrayData, batch_size: int = 64) -> dict[str, float
     return task_of(model).score(predict_outputs(model, data, batch_size), data.y)
 
 
+def train_dataset(model, data: ArrayData, batch_size: int, augment=None, epoch: int = 0):
+    """The training batches: shuffled, or in the order the model's task gives for this
+    ``epoch`` (`Task.batch_order`: a metric loss's P identities x K images)."""
+    order = task_of(model).batch_order(data.y, batch_size, epoch)
+    ds = dataset_for(model, data, batch_size, shuffle=order is None, augment=augment, order=order)
+    return shard_by_data(ds)
+
+
 def datasets_for(model, splits: Splits, batch_size: int, augment: Callable | None = None):
-    train_ds = dataset_for(model, splits.train, batch_size, shuffle=True, augment=augment)
-    return shard_by_data(train_ds), shard_by_data(dataset_for(model, splits.validation, batch_size))
+    train_ds = train_dataset(model, splits.train, batch_size, augment)
+    return train_ds, shard_by_data(dataset_for(model, splits.validation, batch_size))
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -418,7 +426,8 @@ def fit(
     so the per-epoch validation figures are what the saved model would score.
     """
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    steps = steps_per_epoch(len(splits.train), batch_size)
+    order = task_of(model).batch_order(splits.train.y, batch_size, 0)
+    steps = steps_per_epoch(len(splits.train) if order is None else len(order), batch_size)
     if compile_model:
         cosine = parse_choice(Schedule, schedule, "schedule") is Schedule.COSINE
         decay = epochs * steps if cosine else None
@@ -427,6 +436,8 @@ def fit(
     bar = TqdmProgress(K, epochs, steps, enabled=progress, summary=False)
     history: dict[str, list[float]] = {}
     for epoch in range(epochs):
+        if epoch and order is not None:  # the task's batches: a new draw each epoch
+            train_ds = train_dataset(model, splits.train, batch_size, augment, epoch)
         # One fit() call per epoch: tfmot's pruning step and the optimizer carry over.
         logs = model.fit(
             train_ds,

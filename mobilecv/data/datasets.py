@@ -303,16 +303,23 @@ def to_dataset(
     input_range: tuple[float, float] = UNIT_RANGE,
     seed: int = 0,
     targets: Callable | None = None,
+    order: np.ndarray | None = None,
 ):
     """Turn arrays into a batched tf.data pipeline of (image float32, labels).
 
     Images are augmented in [0, 1], then mapped onto `input_range` (the model's). Labels
     that are a dict (boxes, points, masks: tasks beyond classification) move with the
     image (`augment.apply`). `targets` (a task's `keras_targets`, tf ops) turns labels into
-    what Keras fits: (targets) or (targets, sample weights) per element.
+    what Keras fits: (targets) or (targets, sample weights) per element. `order` (sample
+    indices, repeats allowed) replaces the data's own order; it is not shuffled.
     """
     T = tf()
-    ds = T.data.Dataset.from_tensor_slices((data.x, data.y))
+    if order is not None and shuffle:
+        raise InputError("an explicit sample order is not shuffled")
+    if order is None:
+        ds = T.data.Dataset.from_tensor_slices((data.x, data.y))
+    else:
+        ds = _in_order(data, np.asarray(order, dtype=np.int64))
     if shuffle:
         ds = ds.shuffle(min(len(data), 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(
@@ -332,6 +339,18 @@ def to_dataset(
     if targets is not None:
         ds = ds.map(lambda x, y: (x, *_fit_pair(targets(y))), num_parallel_calls=T.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(T.data.AUTOTUNE)
+
+
+def _in_order(data: ArrayData, order: np.ndarray):
+    """(image, labels) elements of `data` at the indices `order`, gathered in the graph."""
+    T = tf()
+    if order.ndim != 1 or (order.size and not 0 <= order.min() <= order.max() < len(data)):
+        raise InputError(f"a sample order must index the {len(data)} samples")
+    x = T.constant(data.x)
+    y = T.nest.map_structure(T.constant, data.y)
+    return T.data.Dataset.from_tensor_slices(order).map(
+        lambda i: (T.gather(x, i), T.nest.map_structure(lambda v: T.gather(v, i), y))
+    )
 
 
 def _fit_pair(pair) -> tuple:

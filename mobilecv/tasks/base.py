@@ -14,7 +14,7 @@ _TASKS: dict[str, Task] = {}
 # The modules that register the built-in tasks, imported on first use.
 _BUILTIN = (
     "classification", "localisation", "landmarks", "detection", "centroids", "segmentation",
-    "stylization",
+    "stylization", "embedding",
 )  # fmt: skip
 
 
@@ -69,6 +69,12 @@ class Task:
     def keras_targets(self, y) -> tuple[Any, Any]:
         """Labels -> (Keras targets, sample weights or None) for ``fit``/``evaluate``."""
         raise NotImplementedError
+
+    def batch_order(self, y, batch_size: int, seed: int) -> np.ndarray | None:
+        """The sample indices of one training epoch, in batch order (``batch_size``
+        consecutive indices a batch), for a loss that needs a batch's make-up (a metric
+        loss: P identities x K images); None: the trainer shuffles, as for most tasks."""
+        return None
 
     # ------------------------------------------------------------------ numpy
     def decode(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
