@@ -177,3 +177,19 @@ def test_unet_converts_to_full_int8_with_no_float_ops(name):
     assert graph.op_counts["TRANSPOSE_CONV"] == len(transposed)
     assert graph.macs_by_op["TRANSPOSE_CONV"] == sum(r.macs for r in transposed)
     assert graph.outputs[0].shape_signature[1:] == [32, 32, 3]
+
+
+def test_unet_batch_norm_sits_between_each_conv_and_its_relu():
+    plain = mobilecv.build("unet", width=0.25, resolution=32, depth=0.5)
+    normed = mobilecv.build("unet", width=0.25, resolution=32, depth=0.5, batch_norm=True)
+    convs = [layer for layer in plain.layers if type(layer).__name__ == "Conv2D"]
+    norms = [layer for layer in normed.layers if type(layer).__name__ == "BatchNormalization"]
+    assert len(norms) == len(convs) - 1  # every 3x3 conv; not the final 1x1 to the classes
+    assert normed.get_layer("down1_conv1").activation.__name__ == "linear"
+    assert (
+        normed.get_layer("down1_conv1_bn").output.shape
+        == plain.get_layer("down1_conv1").output.shape
+    )
+    # Each conv drops its bias (C) and gains gamma, beta and the moving mean and variance (4 C).
+    extra = sum(3 * int(layer.gamma.shape[0]) for layer in norms)
+    assert normed.count_params() == plain.count_params() + extra

@@ -115,10 +115,15 @@ def _nearest_tiling(resolution: int, stages, padding: str) -> str:
     return f"try {sizes}" if sizes else "no input size up to 4096 px does"
 
 
-def _conv_pair(K, x, stage: arch.StageSpec, padding: str, prefix: str):
+def _conv_pair(K, x, stage: arch.StageSpec, padding: str, prefix: str, batch_norm: bool):
+    """The stage's 3x3 convs, each with ReLU (and BatchNorm before it, when asked)."""
     for r in range(1, stage.repeats + 1):
-        x = K.layers.Conv2D(stage.channels, stage.kernel, padding=padding, activation="relu",
-                            name=f"{prefix}_conv{r}")(x)  # fmt: skip
+        name = f"{prefix}_conv{r}"
+        x = K.layers.Conv2D(stage.channels, stage.kernel, padding=padding, use_bias=not batch_norm,
+                            activation=None if batch_norm else "relu", name=name)(x)  # fmt: skip
+        if batch_norm:
+            x = K.layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = K.layers.ReLU(name=f"{name}_relu")(x)
     return x
 
 
@@ -159,9 +164,13 @@ def unet(
     input_channels: int,
     keras: ModuleType,
     padding: str = "same",
+    batch_norm: bool = False,
 ):
     """The U-Net of Ronneberger et al. 2015; width 1, depth 1, 572 px, ``padding="valid"``,
-    one input channel and two classes is the paper's network (388 x 388 output)."""
+    one input channel and two classes is the paper's network (388 x 388 output).
+    ``batch_norm`` puts BatchNorm between each conv and its ReLU (Ioffe & Szegedy 2015,
+    after the paper): it folds into the convs in TFLite, and without it a many-class
+    U-Net trained on scenes stalled at "all background"."""
     K = keras
     padding = parse_choice(Padding, padding, "padding").value
     stages = arch.scale(stage_table(arch.scale_repeats(PAPER_STAGES, depth)), width)
@@ -169,10 +178,10 @@ def unet(
     inputs = spatial_input(K, resolution, input_channels)
     x, skips = inputs, []
     for i, stage in enumerate(stages[:-1], start=1):
-        x = _conv_pair(K, x, stage, padding, f"down{i}")
+        x = _conv_pair(K, x, stage, padding, f"down{i}", batch_norm)
         skips.append(x)
         x = K.layers.MaxPooling2D(stage.stride, name=f"down{i}_pool")(x)
-    x = _conv_pair(K, x, stages[-1], padding, "bottom")
+    x = _conv_pair(K, x, stages[-1], padding, "bottom", batch_norm)
     for i in range(len(skips), 0, -1):
         stage = stages[i - 1]
         x = K.layers.Conv2DTranspose(
@@ -180,7 +189,7 @@ def unet(
         )(x)
         skip = _centre_crop(K, skips[i - 1], int(x.shape[1]), f"up{i}_crop")
         x = K.layers.Concatenate(name=f"up{i}_concat")([skip, x])
-        x = _conv_pair(K, x, stage, padding, f"up{i}")
+        x = _conv_pair(K, x, stage, padding, f"up{i}", batch_norm)
     mask = class_scores(K, x, classes)
     if int(mask.shape[1]) != sizes[-1]:  # the size plan and Keras must agree
         raise RuntimeError(f"U-Net output {mask.shape[1]} px, planned {sizes[-1]} px")
