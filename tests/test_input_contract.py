@@ -50,6 +50,10 @@ DEFAULT_CASES = [
 # Within a family, models that differ only in scale (EfficientNet B1-B7, VGG19, ResNet-34)
 # share the stem and the input scaling this checks; these differ in their blocks.
 SLOW_DISTINCT_IN_FAMILY = ("mobilenet_v2", "resnet18", "resnet50")
+# Models whose Keras 3 build does not convert to int8, checked with tf_keras (the default)
+# instead. The stylizer's conv after a nearest-neighbour resize stays "tf.Conv2D" in the
+# converter ("neither a custom op nor a flex op") when Keras 3 built it; a known gap.
+KERAS3_INT8_GAPS = {"stylizer"}
 SLOW_EXTRA_RANGES = [
     ("efficientnet_lite0", "pixels"),
     ("efficientnet_b0", "pixels"),
@@ -69,12 +73,13 @@ def _cases():
             slow.append((name, "unit"))
         seen.add(family)
     for name, input_range in slow + SLOW_EXTRA_RANGES:
+        keras = "tf_keras" if name in KERAS3_INT8_GAPS else "keras3"
         yield pytest.param(
             name,
             input_range,
-            "keras3",
+            keras,
             {},
-            id=f"{name}-{input_range}-keras3",
+            id=f"{name}-{input_range}-{keras}",
             marks=pytest.mark.slow,
         )
 
