@@ -38,6 +38,7 @@ from pathlib import Path
 from _support import common
 
 import mobilecv
+from mobilecv.tasks import get_task
 
 PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "ai-edge-litert")
 PARTS = ("yolo", "two_stage", "centroids", "faces")
@@ -217,8 +218,7 @@ def yolo_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     from mobilecv.data.datasets import model_inputs
     from mobilecv.train import predict_outputs, task_of
 
-    task = task_of(build_from(YOLO))
-    splits, test = scene_splits(task, args)
+    splits, test = scene_splits(get_task("detection"), args)
     model, training = float_yolo(args, splits)
     task = task_of(model)
     x = model_inputs(test.x, model)
@@ -289,7 +289,6 @@ def two_stage_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     count stage 2 once per proposal; "pipeline ms" is the measured end-to-end p50 of one
     image through both stages and the numpy between them."""
     from mobilecv import two_stage
-    from mobilecv.tasks import get_task
 
     detector = two_stage.build_two_stage(**TWO_STAGE)
     detector, report = two_stage.train_two_stage(
@@ -356,7 +355,7 @@ def centroid_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
     from mobilecv.data.datasets import model_inputs
     from mobilecv.train import predict_outputs, task_of
 
-    task = task_of(build_from(CENTROIDS))
+    task = get_task("centroids")
     splits, test = scene_splits(
         task, argparse.Namespace(**{**vars(args), "train_scenes": args.centroid_scenes})
     )
@@ -433,12 +432,11 @@ def face_rows(args, workdir: Path, out_dir: Path, stem: str) -> dict:
 
     scenes = face_check.face_scenes()
     spec = dict(FACES, anchors=face_check.face_anchors(3))
-    task = task_of(build_from(spec))
     # Batch 32: 2,500 scenes give few steps an epoch at 64.
     face_args = argparse.Namespace(
         **{**vars(args), "train_scenes": args.face_scenes, "batch_size": FACE_BATCH}
     )
-    splits, test = scene_splits(task, face_args, scenes=scenes)
+    splits, test = scene_splits(get_task("detection"), face_args, scenes=scenes)
     model, report = train_model(build_from(spec), splits, face_args, epochs=args.face_epochs)
     task = task_of(model)
     x = model_inputs(test.x, model)
@@ -551,11 +549,8 @@ def settings_lines(result: dict) -> list[str]:
 
 def finish(result: dict, args) -> int:
     quick = result["config"]["quick"]
-    md = markdown(result)
-    common.write_result(args.out, common.output_stem("detection", quick), result, md)
     every_part = set(result["config"]["parts"]) == set(PARTS)
-    if not (args.no_readme or quick or not every_part):
-        common.update_readme("detection", md)
+    common.publish(args, "detection", result, markdown(result), readme=every_part)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -581,13 +576,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
         return finish(json.loads(Path(args.render).read_text()), args)
-    from mobilecv.train import set_seed
-
-    wall = time.perf_counter()
-    set_seed(args.seed)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = common.output_stem("detection", args.quick)
+    wall, out_dir, stem = common.start_run(args, "detection")
     result = {"rows": {}, "training": {}, "pictures": {}, "targets": []}
     with tempfile.TemporaryDirectory(prefix="mobilecv-detection-") as workdir:
         for part in args.parts:

@@ -35,6 +35,7 @@ from pathlib import Path
 from _support import common
 
 import mobilecv
+from mobilecv.tasks import get_task
 
 PACKAGES = ("tensorflow", "tf_keras", "keras", "tensorflow-model-optimization", "ai-edge-litert")
 PARTS = ("unet", "mnv2", "nuclei")
@@ -175,8 +176,7 @@ def part_rows(part: str, args, workdir: Path, out_dir: Path, stem: str) -> dict:
     from mobilecv.data.datasets import model_inputs
     from mobilecv.train import predict_outputs, task_of
 
-    task = task_of(build(part))
-    splits, test = data_for(part, task, args)
+    splits, test = data_for(part, get_task("segmentation"), args)
     epochs = args.nuclei_epochs if part == "nuclei" else args.epochs
     model, report = train_model(build(part), splits, args, epochs)
     task = task_of(model)
@@ -308,11 +308,8 @@ def markdown(result: dict) -> str:
 
 def finish(result: dict, args) -> int:
     quick = result["config"]["quick"]
-    md = markdown(result)
-    common.write_result(args.out, common.output_stem("segmentation", quick), result, md)
     every_part = set(result["config"]["parts"]) == set(PARTS)
-    if not (args.no_readme or quick or not every_part):
-        common.update_readme("segmentation", md)
+    common.publish(args, "segmentation", result, markdown(result), readme=every_part)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -328,13 +325,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
         return finish(json.loads(Path(args.render).read_text()), args)
-    from mobilecv.train import set_seed
-
-    wall = time.perf_counter()
-    set_seed(args.seed)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = common.output_stem("segmentation", args.quick)
+    wall, out_dir, stem = common.start_run(args, "segmentation")
     result = {"rows": {}, "training": {}, "pictures": {}}
     with tempfile.TemporaryDirectory(prefix="mobilecv-segmentation-") as workdir:
         for part in args.parts:

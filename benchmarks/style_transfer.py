@@ -235,10 +235,7 @@ def markdown(result: dict) -> str:
 
 def finish(result: dict, args) -> int:
     md = markdown(result)
-    stem = common.output_stem("style_transfer", result["config"]["quick"])
-    common.write_result(args.out, stem, result, md)
-    if not result["config"]["quick"] and not args.no_readme:
-        common.update_readme("style_transfer", md)
+    common.publish(args, "style_transfer", result, md)
     print(json.dumps(result, indent=2) if args.json else md)
     return 0 if all(t["pass"] for t in result["targets"]) else 1
 
@@ -248,13 +245,8 @@ def main(argv=None) -> int:
     if args.render:
         return finish(json.loads(Path(args.render).read_text()), args)
     from mobilecv import fast_style, style
-    from mobilecv.train import set_seed
 
-    wall = time.perf_counter()
-    set_seed(args.seed)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = common.output_stem("style_transfer", args.quick)
+    wall, out_dir, stem = common.start_run(args, "style_transfer")
     names = [str(n) for n in fast_style.CONTENT_SAMPLES]
     photos = fast_style.content_photos(names)
     model, training = train(args, photos)

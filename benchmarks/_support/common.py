@@ -90,6 +90,25 @@ def write_result(
     return path
 
 
+def start_run(args, name: str) -> tuple[float, Path, str]:
+    """A run's start: its clock, the seed set, the output folder made, and the file stem."""
+    from mobilecv.train import set_seed
+
+    wall = time.perf_counter()
+    set_seed(args.seed)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return wall, out_dir, output_stem(name, args.quick)
+
+
+def publish(args, name: str, result: dict, md: str, readme: bool = True) -> None:
+    """Write NAME[_quick].json and .md, and, for a full run that may, the README section."""
+    quick = result["config"]["quick"]
+    write_result(args.out, output_stem(name, quick), result, md)
+    if readme and not (quick or args.no_readme):
+        update_readme(name, md)
+
+
 def update_readme(section: str, md: str, readme: Path = README) -> bool:
     """Replace the README text between `<!-- section:begin -->` and `<!-- section:end -->`."""
     from mobilecv.fileio import write_text
