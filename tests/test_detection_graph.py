@@ -183,7 +183,10 @@ def test_keras3_detector_gets_the_same_layer():
 def test_the_float_tflite_gives_the_numpy_detections(trained, converted):
     model, _, x = trained
     result = converted["none"]
-    assert result.verification.agreement["detection_f1"] == 1.0, result.verification
+    # The check runs on random inputs, whose many near-threshold scores LiteRT's ~1e-6 float
+    # differences can tip across 0.1 (CI once saw F1 0.9936: one detection in ~150).
+    agreement = result.verification.agreement
+    assert agreement["detection_f1"] >= 0.98 and agreement["matched_iou"] >= 0.99, agreement
     got, _ = _litert(result.tflite, x)
     want = _numpy(model(x, training=False), get_info(model).task_options["anchors"])
     _assert_same(got, want, ordered=False)
