@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from mobilecv.cliutil import (
     force_option,
     handle_errors,
     json_option,
+    parse_key_value,
 )
 from mobilecv.errors import InputError, UnknownName
 from mobilecv.modelinfo import InputRange
@@ -45,17 +45,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     Exit codes: 0 ok, 1 failed run (or an internal error), 2 bad input.
     """
     ctx.ensure_object(dict)["debug"] = debug
-
-
-def _parse_option(text: str):
-    if "=" not in text:
-        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--option")
-    key, raw = text.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = {"true": True, "false": False}.get(raw.lower(), raw)
-    return key.strip().replace("-", "_"), value
 
 
 def scaling_options(fn):
@@ -106,7 +95,7 @@ def scaling_options(fn):
 def _knobs(no_top: bool = False, extra: tuple = (), **flags) -> dict:
     """Flags as registry knobs: unset flags are dropped so family defaults apply."""
     knobs = dict(flags, include_top=False if no_top else None)
-    knobs.update(_parse_option(item) for item in extra)
+    knobs.update(parse_key_value(item, "--option") for item in extra)
     return {k: v for k, v in knobs.items() if v is not None}
 
 

@@ -123,3 +123,16 @@ def out_dir_option(help: str = "Output directory.", required: bool = True):
     return click.option(
         "-o", "--output", "out_dir", required=required, type=click.Path(file_okay=False), help=help
     )
+
+
+def parse_key_value(text: str, hint: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of a repeatable option -> (key with "-" as "_", value read as JSON:
+    numbers, true/false, lists; anything else a string)."""
+    if "=" not in text:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint=hint)
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    return key.strip().replace("-", "_"), value

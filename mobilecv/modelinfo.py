@@ -95,12 +95,15 @@ class ModelInfo:
     `source` records where the model came from (registry name and resolved knobs) for
     provenance; `task` names the model's registered task, and `task_options` what that
     task needs to read the outputs (a detector's anchors), for every runtime that decodes.
+    `loss_options` are the keywords of the task's loss the model was trained with (a
+    triplet margin, a Dice weight): later training (fine-tuning, QAT) uses the same loss.
     """
 
     input_range: tuple[float, float] = UNIT_RANGE
     task: str = "classification"
     source: dict = field(default_factory=dict)
     task_options: dict = field(default_factory=dict)
+    loss_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_range", parse_range(self.input_range))
@@ -108,6 +111,7 @@ class ModelInfo:
             raise InputError(f"task must be a non-empty string; got {self.task!r}")
         object.__setattr__(self, "source", dict(self.source or {}))
         object.__setattr__(self, "task_options", dict(self.task_options or {}))
+        object.__setattr__(self, "loss_options", dict(self.loss_options or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +120,7 @@ class ModelInfo:
             "task": self.task,
             "source": self.source,
             **({"task_options": self.task_options} if self.task_options else {}),
+            **({"loss_options": self.loss_options} if self.loss_options else {}),
         }
 
     def to_json(self) -> str:
@@ -131,6 +136,7 @@ class ModelInfo:
             task=data.get("task", "classification"),
             source=data.get("source") or {},
             task_options=data.get("task_options") or {},
+            loss_options=data.get("loss_options") or {},
         )
 
     @classmethod

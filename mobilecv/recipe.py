@@ -87,6 +87,7 @@ class TrainSpec:
     freeze: str | None = None  # a layer count, or "all-but-head"
     cache_features: bool = False
     strategy: Strategy = Strategy.DEFAULT
+    loss_options: dict[str, Any] = field(default_factory=dict)  # keywords of the task's loss
 
 
 @dataclass(frozen=True)

@@ -401,6 +401,7 @@ def _train_as_recipe(p: Pipeline, model, splits, epochs: int, **changes):
         "batch_size": t.batch_size,
         "learning_rate": t.learning_rate,
         "augment": t.augment,
+        "loss_options": t.loss_options or None,
         **changes,
     }
     settings["augment"] = from_names(list(settings["augment"]), splits.train.x)
@@ -767,6 +768,10 @@ def recipe_task(recipe: Recipe):
 
 def _validate_task(recipe: Recipe, task) -> None:
     """Options of one task that another cannot honour fail here, naming the key."""
+    try:
+        task.loss_options(recipe.train.loss_options)
+    except InputError as exc:
+        raise InputError(f"train.loss_options: {exc}") from None
     if task.name == "classification":
         if recipe.task.scenes:
             raise InputError("task.scenes: scenes are for tasks beyond classification")

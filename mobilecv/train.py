@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ class TrainReport:
     task: str = "classification"
     val_metrics: dict[str, float] = field(default_factory=dict)  # the task's, held out
     provenance: str = ""  # where the data came from (e.g. "synthetic composition: ...")
+    loss_options: dict[str, Any] = field(default_factory=dict)  # the task's loss keywords
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,9 +146,25 @@ def compile_for_task(
     optimizer: str | Optimizer = Optimizer.ADAM,
     decay_steps: int | None = None,
 ) -> None:
-    """Compile with the losses and metrics of the model's task."""
+    """Compile with the losses and metrics of the model's task, and the loss options the
+    model was trained with (``ModelInfo.loss_options``, recorded by :func:`train`)."""
     K = get_keras("keras3" if is_keras3_model(model) else "tf_keras")
-    task_of(model).compile(model, make_optimizer(K, optimizer, learning_rate, decay_steps))
+    optimizer = make_optimizer(K, optimizer, learning_rate, decay_steps)
+    task_of(model).compile(model, optimizer, **get_info(model).loss_options)
+
+
+def record_loss_options(model, options: Mapping[str, Any] | None) -> None:
+    """Check ``options`` against the model's task and keep them in its info, so that every
+    later compile (this training, a fine-tune, QAT, a reload) uses that loss. None keeps
+    what the model has."""
+    import dataclasses
+
+    from mobilecv.modelinfo import set_info
+
+    if options is None:
+        return
+    checked = task_of(model).loss_options(options)
+    set_info(model, dataclasses.replace(get_info(model), loss_options=checked))
 
 
 def head_start(model) -> int:
@@ -533,8 +550,14 @@ def train(
     optimizer: str | Optimizer = Optimizer.ADAM,
     schedule: str | Schedule = Schedule.CONSTANT,
     scenes=None,
+    loss_options: Mapping[str, Any] | None = None,
 ):
     """Train `model` in place on `data` (a dataset name, path, or Splits). Returns (model, TrainReport).
+
+    `loss_options` are keywords of the task's loss (e.g. {"mining": "batch_all",
+    "margin": 0.2} for an embedding, {"dice_weight": 1.0} for a segmenter); they are kept
+    in the model's info, so a saved model fine-tunes with the same loss. None keeps the
+    model's own (the task's defaults for a new model).
 
     `scenes` (for data "scenes": a SceneConfig, or a dict of its fields overriding the
     task's default scenes) is the scenes trained, validated and tested on.
@@ -548,6 +571,7 @@ def train(
         raise InputError("limit applies to a dataset name or path; slice the Splits instead")
     schedule = parse_choice(Schedule, schedule, "schedule")
     task = task_of(model)
+    record_loss_options(model, loss_options)
     if cache_features and task.name != "classification":
         raise InputError(f"cache_features trains a classifier head; not for {task.name}")
     splits = load_splits(data, limit=limit, task=task, scenes=scenes)
@@ -604,6 +628,7 @@ def train(
         val_metrics={k: v for k, v in held_out.items() if k != "loss"},
         provenance=splits.train.provenance,
         feature_cache=str(cache_path) if cache_path else None,
+        loss_options=dict(get_info(model).loss_options),
     )
     if evaluate_test:
         test = load_split(

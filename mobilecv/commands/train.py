@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
+from mobilecv.cliutil import (
+    echo_json,
+    force_option,
+    handle_errors,
+    json_option,
+    out_dir_option,
+    parse_key_value,
+)
 from mobilecv.errors import InputError
 
 # Options train and compress share.
@@ -128,6 +135,14 @@ def _freeze(value: str | None):
     "--width", type=float, default=None, help="Width multiplier when MODEL is a registered name."
 )
 @click.option(
+    "--loss-option",
+    "loss_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A keyword of the task's loss, e.g. mining=batch_all, margin=0.2 (embedding), "
+    "dice_weight=1 (segmentation) (repeatable; kept with the model).",
+)
+@click.option(
     "--test",
     "evaluate_test",
     is_flag=True,
@@ -150,6 +165,7 @@ def train_command(
     limit,
     resolution,
     width,
+    loss_options,
     evaluate_test,
     out_dir,
     force,
@@ -166,6 +182,7 @@ def train_command(
     output_paths(out_dir, qat=False, force=force)
     frozen = _freeze(freeze)
     _check_augment(augment)
+    loss = dict(parse_key_value(item, "--loss-option") for item in loss_options) or None
     keras_model = _load_or_build(model, data, resolution, width)
     chain = _augmentation(augment, data, limit, keras_model)
     cache_dir = Path(out_dir) / "features" if cache_features else None
@@ -182,6 +199,7 @@ def train_command(
         augment=chain,
         limit=limit,
         evaluate_test=evaluate_test,
+        loss_options=loss,
     )
     payload = report.to_dict()
     payload.update(save_outputs(keras_model, payload, out_dir, force))

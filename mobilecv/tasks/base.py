@@ -58,7 +58,26 @@ class Task:
         raise NotImplementedError
 
     def compile(self, model, optimizer, **options) -> None:
+        """Compile ``model`` with this task's loss; ``options`` are the loss's keywords
+        (the loss options a user passes, see :meth:`loss_options`)."""
         raise NotImplementedError
+
+    def loss_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` checked against the keywords of :meth:`compile` (a name it does not
+        take is an InputError listing those it takes); their values :meth:`compile` checks."""
+        import inspect
+
+        allowed = [
+            p.name
+            for p in inspect.signature(self.compile).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+            or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+        ]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+            raise InputError(f"the {self.name} loss has no option {unknown[0]!r}; {takes}")
+        return dict(options)
 
     # ------------------------------------------------------------------- data
     def load(self, source: str, split: str, *, limit: int | None = None, scenes=None):
