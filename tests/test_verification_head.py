@@ -69,7 +69,13 @@ def test_bad_features_are_one_line_input_errors():
     assert "abs, chi2" in one_line_error(lambda: pair_features([[1.0]], [[1.0]], "cosine"))
     assert "shape" in one_line_error(lambda: pair_features(np.ones((3, 8)), np.ones((3, 4)), "abs"))
     assert "NaN" in one_line_error(lambda: pair_features([[np.nan]], [[1.0]], "chi2"))
-    head = VerificationHead("abs", np.ones(4), 0.0)
+    weights = np.ones(4)
+    head = VerificationHead("abs", weights, 0.0)
+    weights[0] = 5.0  # the head keeps its own copy, read-only
+    with pytest.raises(ValueError, match="read-only"):
+        head.weights[0] = 5.0
+    assert head.weights.tolist() == [1.0] * 4
+    assert "numbers" in one_line_error(lambda: VerificationHead("abs", ["a"], 0.0))
     assert "4-d" in one_line_error(lambda: head.probability(np.ones((2, 8)), np.ones((2, 8))))
 
 

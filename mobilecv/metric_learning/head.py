@@ -100,11 +100,16 @@ class VerificationHead:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "form", parse_choice(PairForm, self.form, "pair form"))
-        weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
-        if not len(weights) or not np.all(np.isfinite(weights)) or not math.isfinite(self.bias):
+        try:
+            weights = np.array(self.weights, dtype=np.float64).reshape(-1)  # a copy
+            bias = float(self.bias)
+        except (TypeError, ValueError):
+            raise InputError("a verification head's weights and bias must be numbers") from None
+        if not len(weights) or not np.all(np.isfinite(weights)) or not math.isfinite(bias):
             raise InputError("a verification head needs finite weights and bias")
+        weights.setflags(write=False)  # the Keras models built from them stay in step
         object.__setattr__(self, "weights", weights)
-        object.__setattr__(self, "bias", float(self.bias))
+        object.__setattr__(self, "bias", bias)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VerificationHead):
@@ -386,7 +391,12 @@ def train_siamese(
     _compile(siamese, K, learning_rate)
     ds = _pair_dataset(model_inputs(data.x, encoder), i[order], j[order], same[order], batch_size)
     fit = siamese.fit(
-        ds, steps_per_epoch=int(steps), epochs=1, class_weight=_class_weight(same), verbose=0
+        ds,
+        steps_per_epoch=int(steps),
+        epochs=1,
+        class_weight=_class_weight(same),
+        shuffle=False,  # the pairs are already in a seeded random order
+        verbose=0,
     )
     return siamese, _head_from_dense(siamese, form, _history(fit))
 
