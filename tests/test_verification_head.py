@@ -127,6 +127,7 @@ def test_bad_training_input_is_one_line():
     assert "identities" in one_line_error(lambda: train_head(embeddings, np.zeros(20)))
     other = identities(5, 4, 4, noise=0.1, seed=1)
     assert "4-d" in one_line_error(lambda: train_head(embeddings, labels, validation=other))
+    assert "pair" in one_line_error(lambda: train_head(embeddings, labels, validation=other[0]))
 
 
 # ----------------------------------------------------------------------- shared encoder

@@ -310,6 +310,8 @@ def train_head(
     inputs, same, dim = _pair_arrays(embeddings, labels, int(pairs), seed, "training")
     validation_data = None
     if validation is not None:
+        if not isinstance(validation, tuple | list) or len(validation) != 2:
+            raise InputError("validation must be a pair (embeddings, labels)")
         v_inputs, v_same, v_dim = _pair_arrays(*validation, int(pairs), seed, "validation")
         if v_dim != dim:
             raise InputError(f"validation embeddings are {v_dim}-d, training ones {dim}-d")
