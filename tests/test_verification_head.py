@@ -170,9 +170,10 @@ def test_frozen_head_leaves_encoder_alone_and_siamese_trains_it(encoder_and_data
     train_head(embeddings, data.y["identity"], "chi2", pairs=50, epochs=2)
     assert all(np.array_equal(a, b) for a, b in zip(before, weights_of(encoder), strict=True))
 
-    for form in ("abs", "chi2"):  # called twice, once per form
-        siamese, head = train_siamese(encoder, data, form, steps=3, batch_size=8)
+    for form, warm in (("abs", True), ("chi2", False)):  # called twice
+        siamese, head = train_siamese(encoder, data, form, steps=3, batch_size=8, warm_start=warm)
         assert head.form is PairForm(form) and head.dim == 8
+        assert ("warm_start_loss" in head.history) is warm and len(head.history["loss"]) == 1
         assert siamese.get_layer(encoder.name) is encoder  # one encoder: both branches share it
         x = model_inputs(data.x[:6], encoder)
         x1, x2 = x[:3], x[3:]
