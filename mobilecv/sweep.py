@@ -421,6 +421,8 @@ def _output_folder(out_dir, force: bool, resume: bool):
             yield Path(scratch)
         return
     out = Path(out_dir)
+    if resume and not (out / STATE_NAME).exists():
+        raise InputError(f"--resume: {out / STATE_NAME} does not exist; nothing to resume")
     for name in (CSV_NAME, JSON_NAME, PLOT_NAME, STATE_NAME):
         if (out / name).exists() and not (force or resume):
             raise InputError(f"{out / name} exists; pass --force to overwrite or --resume")
