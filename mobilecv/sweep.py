@@ -1,8 +1,8 @@
 """Width x resolution (x depth) sweeps of one family, measured and judged for a device.
 
-Each grid point is built, profiled, int8-converted and benchmarked in its own worker
-process (spawned, so each worker imports TensorFlow itself and a crash or leak stays in
-that worker): params and MACs from :func:`mobilecv.profiling.profile`, the int8 .tflite
+Each grid point is built, profiled, int8-converted and benchmarked as a trial of
+mobilecv.engine (a Ray task in a fresh worker process, on this machine or a Ray cluster,
+so a crash or leak stays in that trial; a sweep killed halfway resumes): params and MACs from :func:`mobilecv.profiling.profile`, the int8 .tflite
 from :func:`mobilecv.converters.tflite.convert`, the latency measured on the host with one
 thread, and the estimate and fit verdict under a device profile from
 :func:`mobilecv.bench.run`. Optionally each point is first trained for a few epochs and
@@ -20,24 +20,22 @@ import contextlib
 import csv
 import io
 import math
-import multiprocessing
 import os
 import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
+from mobilecv import engine
 from mobilecv.errors import InputError
-from mobilecv.progress import Progress
 
 CSV_NAME = "sweep.csv"
 JSON_NAME = "sweep.json"
 PLOT_NAME = "pareto.png"
+STATE_NAME = "trials.jsonl"  # finished rows, for --resume (mobilecv.engine)
 MODELS_DIR = "models"
 
 # Column order of sweep.csv (and of the rows' keys).
@@ -69,6 +67,7 @@ COLUMNS = (
     "score",
     "pareto",
     "seconds",
+    "node",
     "tflite",
     "error",
 )
@@ -153,24 +152,7 @@ def point_name(row: Mapping) -> str:
     return f"{row['family']}_w{row['width']:g}_d{row['depth']:g}_r{row['resolution']}"
 
 
-# --------------------------------------------------------------------------- worker
-
-_MEASURE_LOCK = None
-
-
-def _init_worker(lock, tf_threads: int) -> None:
-    """Runs once per spawned worker: import TF here, and keep each worker to its share of
-    the cores so two workers do not oversubscribe the machine."""
-    global _MEASURE_LOCK
-    _MEASURE_LOCK = lock
-    from mobilecv._tf import tf
-
-    T = tf()
-    try:
-        T.config.threading.set_intra_op_parallelism_threads(tf_threads)
-        T.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised: keep TF's own choice
-        pass
+# --------------------------------------------------------------------------- trial
 
 
 def _split(dataset: str, split: str, samples: int | None, model):
@@ -251,9 +233,7 @@ def _measure_point(task: dict) -> dict:
 
     host = devices.get("host", calibrate=False)
     on_host = task["device"] == "host"
-    # One measurement at a time across workers, so a neighbour's conversion is the only
-    # load on the other core rather than a second timed model.
-    with _MEASURE_LOCK or contextlib.nullcontext():
+    with engine.measuring():  # one timed model at a time on a machine
         measured = bench.run(
             path,
             host,
@@ -285,17 +265,22 @@ def _measure_point(task: dict) -> dict:
 
 
 def _run_point(task: dict) -> dict:
-    """Worker entry point: never raises, a failure is the row's `error`."""
+    """The trial: never raises, a failure is the row's `error`."""
     start = time.perf_counter()
     row = _empty_row(task)
     try:
         row.update(_measure_point(task))
     except Exception as exc:  # noqa: BLE001 - one bad point must not end the sweep
-        row["error"] = _error_line(exc)
+        row["error"] = engine.failure_line(exc)
         if os.environ.get("MOBILECV_SWEEP_TRACEBACK"):
             traceback.print_exc()
     row["seconds"] = round(time.perf_counter() - start, 2)
     return row
+
+
+def _failed_row(task: Mapping, error: str) -> dict:
+    """The row of a point whose trial died (killed, out of memory, a native crash)."""
+    return {**_empty_row(task), "error": error}
 
 
 def _empty_row(point: Mapping) -> dict:
@@ -305,12 +290,6 @@ def _empty_row(point: Mapping) -> dict:
     row["reasons"] = []
     row["pareto"] = False
     return row
-
-
-def _error_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- sweep
@@ -331,6 +310,8 @@ def sweep(
     max_latency_ms: float | None = None,
     out_dir: str | os.PathLike | None = None,
     force: bool = False,
+    resume: bool = False,
+    address: str | None = None,
     train_limit: int | None = 5000,
     test_samples: int | None = 2000,
     batch_size: int = 64,
@@ -339,58 +320,43 @@ def sweep(
     warmup: int = 5,
     progress: bool = True,
 ) -> list[dict]:
-    """Build, convert (int8) and benchmark every grid point in `workers` processes.
+    """Build, convert (int8) and benchmark every grid point, each a trial on Ray.
 
     Returns one row per point (keys: :data:`COLUMNS`), in grid order. `dataset`
     calibrates the int8 conversion (random images when None) and, with
     `train_epochs` > 0, trains each point on `train_limit` training images and scores
     the int8 model on `test_samples` test images. `classes` / `input_channels` default
-    to the dataset's. With `out_dir`, writes sweep.csv, sweep.json, pareto.png and the
-    .tflite files (models/) there; existing outputs need `force`.
+    to the dataset's. With `out_dir`, writes sweep.csv, sweep.json, pareto.png, the
+    .tflite files (models/) and the run's state (trials.jsonl) there; existing outputs
+    need `force`, and `resume` finishes a sweep that was stopped.
 
-    Workers are spawned, so a script calling this needs the usual
-    ``if __name__ == "__main__":`` guard.
+    `workers` trials run at once on each machine (each with cpu_count / workers CPUs and
+    as many TensorFlow threads); `address` runs them on a Ray cluster instead of a Ray
+    started on this machine (mobilecv.engine).
     """
     from mobilecv.bench import devices
 
-    if workers < 1:
-        raise InputError(f"workers must be >= 1, got {workers}")
-    if train_epochs < 0:
-        raise InputError(f"train_epochs must be >= 0, got {train_epochs}")
-    if train_epochs > 0 and dataset is None:
-        raise InputError("training needs a dataset (--data)")
-    for name, value in (("runs", runs), ("calibration_samples", calibration_samples)):
-        if value < 1:
-            raise InputError(f"{name} must be >= 1, got {value}")
-    if max_latency_ms is not None and not max_latency_ms > 0:
-        raise InputError(f"max_latency_ms must be > 0, got {max_latency_ms}")
+    _check_options(workers, train_epochs, dataset, runs, calibration_samples, max_latency_ms)
+    if resume and out_dir is None:
+        raise InputError("--resume continues a sweep written to an output directory (-o)")
     dev = devices.get(device, calibrate=False)
-    if dataset is not None and (classes is None or input_channels is None):
-        from mobilecv.data import Split, load_arrays
-
-        sample = load_arrays(dataset, Split.VALIDATION, limit=1)
-        classes = sample.classes if classes is None else classes
-        input_channels = int(sample.x.shape[-1]) if input_channels is None else input_channels
+    classes, input_channels = _data_shape(dataset, classes, input_channels)
     points = grid(
-        family,
-        widths,
-        resolutions,
-        depths,
-        classes=1000 if classes is None else classes,
-        input_channels=3 if input_channels is None else input_channels,
+        family, widths, resolutions, depths, classes=classes, input_channels=input_channels
     )
-    if out_dir is not None:
-        out = Path(out_dir)
-        for name in (CSV_NAME, JSON_NAME, PLOT_NAME):
-            if (out / name).exists() and not force:
-                raise InputError(f"{out / name} exists; pass --force to overwrite")
-        models_dir = out / MODELS_DIR
-        models_dir.mkdir(parents=True, exist_ok=True)
-        scratch = None
-    else:
-        scratch = tempfile.TemporaryDirectory(prefix="mobilecv-sweep-")
-        models_dir = Path(scratch.name)
-
+    settings = {
+        "family": family,
+        "device": dev.name,
+        "max_latency_ms": max_latency_ms,
+        "classes": classes,
+        "input_channels": input_channels,
+        "dataset": dataset,
+        "train_epochs": train_epochs,
+        "train_limit": train_limit if train_epochs else None,
+        "test_samples": test_samples if train_epochs else None,
+        "runs": runs,
+        "threads": 1,
+    }
     common = {
         "device": device if device.endswith((".yaml", ".yml")) else dev.name,
         "max_latency_ms": max_latency_ms,
@@ -402,87 +368,83 @@ def sweep(
         "calibration_samples": calibration_samples,
         "runs": runs,
         "warmup": warmup,
-        "models_dir": os.fspath(models_dir),
     }
-    tasks = [{**p, **common} for p in points]
-    try:
-        rows = _run_all(tasks, workers, progress)
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
+    with _output_folder(out_dir, force, resume) as models_dir:
+        state = None
+        if out_dir is not None:
+            state = engine.open_state(Path(out_dir) / STATE_NAME, {**settings, "points": points},
+                                      resume=resume, force=True)  # fmt: skip
+        tasks = [{**p, **common, "models_dir": os.fspath(models_dir)} for p in points]
+        rows = _run_all(tasks, workers, address, state, progress)
+        if out_dir is None:
+            for row in rows:
+                row["tflite"] = None
     for row in rows:
         row["device"] = row["device"] or dev.name
-        if scratch is not None:
-            row["tflite"] = None
     mark_pareto(rows)
     if out_dir is not None:
-        settings = {
-            "family": family,
-            "device": dev.name,
-            "max_latency_ms": max_latency_ms,
-            "classes": classes,
-            "input_channels": input_channels,
-            "dataset": dataset,
-            "train_epochs": train_epochs,
-            "train_limit": train_limit if train_epochs else None,
-            "test_samples": test_samples if train_epochs else None,
-            "runs": runs,
-            "threads": 1,
-        }
         write_outputs(rows, out_dir, settings, force=True)
     return rows
 
 
-def _pool(ctx, workers: int, lock, tf_threads: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=ctx,
-        initializer=_init_worker,
-        initargs=(lock, tf_threads),
-    )
+def _check_options(workers, train_epochs, dataset, runs, calibration_samples, max_latency_ms):
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if train_epochs < 0:
+        raise InputError(f"train_epochs must be >= 0, got {train_epochs}")
+    if train_epochs > 0 and dataset is None:
+        raise InputError("training needs a dataset (--data)")
+    for name, value in (("runs", runs), ("calibration_samples", calibration_samples)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    if max_latency_ms is not None and not max_latency_ms > 0:
+        raise InputError(f"max_latency_ms must be > 0, got {max_latency_ms}")
 
 
-def _run_all(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
-    """Run every task in a spawned process pool, one row per task in task order.
+def _data_shape(dataset, classes, input_channels) -> tuple[int, int]:
+    """(classes, input channels): as given, else the dataset's, else ImageNet's 1000 x 3."""
+    if dataset is not None and (classes is None or input_channels is None):
+        from mobilecv.data import Split, load_arrays
 
-    A worker that dies (segfault, OOM kill) breaks the whole pool and every pending
-    future with it; those points are retried one by one, each in a fresh one-worker
-    pool, so only the point that really kills its process ends up as an error row.
-    """
-    ctx = multiprocessing.get_context("spawn")
-    workers = min(workers, len(tasks))
-    tf_threads = max(1, (os.cpu_count() or 1) // workers)
-    lock = ctx.Lock()
-    rows: list[dict | None] = [None] * len(tasks)
-    broken: list[int] = []
-    bar = Progress("sweep", len(tasks), "point", enabled=progress, per_update=True)
+        sample = load_arrays(dataset, Split.VALIDATION, limit=1)
+        classes = sample.classes if classes is None else classes
+        input_channels = int(sample.x.shape[-1]) if input_channels is None else input_channels
+    return (1000 if classes is None else classes), (3 if input_channels is None else input_channels)
 
-    def done(i: int, row: dict) -> None:
-        rows[i] = row
-        bar.update(note=f"{point_name(row)} {'error' if row['error'] else row['verdict']}")
 
-    with _pool(ctx, workers, lock, tf_threads) as pool:
-        futures = {pool.submit(_run_point, task): i for i, task in enumerate(tasks)}
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                done(i, future.result())
-            except BrokenProcessPool:
-                broken.append(i)
-            except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
-                row = _empty_row(tasks[i])
-                row["error"] = f"worker failed: {_error_line(exc)}"
-                done(i, row)
-    for i in sorted(broken):
-        with _pool(ctx, 1, lock, max(1, os.cpu_count() or 1)) as pool:
-            try:
-                row = pool.submit(_run_point, tasks[i]).result()
-            except BrokenProcessPool as exc:
-                row = _empty_row(tasks[i])
-                row["error"] = f"worker process died: {_error_line(exc)}"
-        done(i, row)
-    bar.close()
-    return rows  # type: ignore[return-value]
+@contextlib.contextmanager
+def _output_folder(out_dir, force: bool, resume: bool):
+    """The folder the .tflite files go to: DIR/models, or a temporary one without DIR.
+    Existing outputs need ``force`` (or ``resume``, which finishes them)."""
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="mobilecv-sweep-") as scratch:
+            yield Path(scratch)
+        return
+    out = Path(out_dir)
+    if resume and not (out / STATE_NAME).exists():
+        raise InputError(f"--resume: {out / STATE_NAME} does not exist; nothing to resume")
+    for name in (CSV_NAME, JSON_NAME, PLOT_NAME, STATE_NAME):
+        if (out / name).exists() and not (force or resume):
+            raise InputError(f"{out / name} exists; pass --force to overwrite or --resume")
+    models_dir = out / MODELS_DIR
+    models_dir.mkdir(parents=True, exist_ok=True)
+    yield models_dir
+
+
+def _run_all(tasks: list[dict], workers: int, address, state, progress: bool) -> list[dict]:
+    """Every task as a trial on Ray, one row per task in task order."""
+    cpus = os.cpu_count() or 1
+    with engine.ray_session(address, cpus):
+        return engine.run_trials(
+            _run_point,
+            tasks,
+            key=point_name,
+            failed_row=_failed_row,
+            cpus_per_trial=max(1, cpus // min(workers, len(tasks))),
+            state=state,
+            progress=progress,
+            note=lambda row: f"{point_name(row)} {'error' if row['error'] else row['verdict']}",
+        )
 
 
 # --------------------------------------------------------------------------- Pareto

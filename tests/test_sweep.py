@@ -138,6 +138,8 @@ def no_work(monkeypatch):
          "unknown device"),
         (["mobilenet_v2", "--widths", "0.5", "--resolutions", "32", "--data", "nope"],
          "unknown dataset"),
+        (["mobilenet_v2", "--widths", "0.5", "--resolutions", "32", "--resume"],
+         "nothing to resume"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_before_any_work(tmp_path, no_work, args, needle):

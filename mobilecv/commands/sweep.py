@@ -61,20 +61,33 @@ from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
     type=click.IntRange(min=1),
     default=2,
     show_default=True,
-    help="Parallel worker processes.",
+    help="Trials at once on each machine (each gets cpu_count / workers CPUs).",
 )
-@out_dir_option("Output directory (sweep.csv, sweep.json, pareto.png, models/).")
+@click.option(
+    "--address",
+    default=None,
+    help="Run the trials on this Ray cluster (auto, HOST:6379 or ray://HOST:10001) instead "
+    "of a Ray started on this machine.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Finish a sweep that was stopped: run only the points missing from DIR/trials.jsonl.",
+)
+@out_dir_option("Output directory (sweep.csv, sweep.json, pareto.png, trials.jsonl, models/).")
 @force_option("existing outputs")
 @json_option("the rows")
 @handle_errors
 def sweep_command(family, widths, resolutions, depths, device, max_latency_ms, train_epochs, data,
-                  classes, input_channels, train_limit, test_samples, runs, workers, out_dir, force,
-                  as_json) -> None:  # fmt: skip
+                  classes, input_channels, train_limit, test_samples, runs, workers, address,
+                  resume, out_dir, force, as_json) -> None:  # fmt: skip
     """Build, int8-convert and benchmark FAMILY over a width x resolution (x depth) grid.
 
     Each point reports params, MACs, int8 size, measured host latency (1 thread), the
     estimated latency and fit verdict on DEVICE, and with --train-epochs the int8 test
-    top-1. Writes DIR/sweep.csv, DIR/sweep.json and DIR/pareto.png.
+    top-1. Writes DIR/sweep.csv, DIR/sweep.json and DIR/pareto.png. Each point is a trial
+    on Ray (started here, or the cluster at --address); a point that fails or whose worker
+    dies is a row with its error, and a stopped sweep finishes with --resume.
     """
     from mobilecv.sweep import parse_list, sweep
 
@@ -87,6 +100,8 @@ def sweep_command(family, widths, resolutions, depths, device, max_latency_ms, t
         train_epochs=train_epochs,
         dataset=data,
         workers=workers,
+        address=address,
+        resume=resume,
         classes=classes,
         input_channels=input_channels,
         max_latency_ms=max_latency_ms,
