@@ -50,14 +50,17 @@ LOSSES = {
     "contrastive": {"loss": "contrastive", "margin": 1.0},
 }
 # The encoder: see docs/METRIC_LEARNING.md for what was tried before this one.
-ENCODER = {"backbone": "resnet18", "width": 0.5, "resolution": 32, "dim": 128}
+# The 32-px glyphs are resized to 64 px: ResNet's stem divides by 4 at once, and at 32 px
+# that left 8 x 8 maps of thin strokes (semi-hard, 6 epochs: 20-way 0.78 on validation
+# identities at 32 px, 0.84 at 64 px).
+ENCODER = {"backbone": "resnet18", "width": 0.25, "resolution": 64, "dim": 128}
 # The issue's targets.
 MIN_BEST_20_WAY = 0.90  # Koch et al.'s 92% is on Omniglot: a reference, not a comparison
 MIN_INT8_COSINE = 0.99
 MAX_INT8_AUC_DROP = 0.005
 MAX_INT8_20_WAY_DROP = 0.01
 FULL = {
-    "epochs": 8,
+    "epochs": 6,
     "train_limit": 0,  # 0: every train image
     "calibration": 200,
     "episodes": 2000,
@@ -66,10 +69,10 @@ FULL = {
 }
 QUICK = {
     "epochs": 1,
-    "train_limit": 2048,
-    "calibration": 32,
+    "train_limit": 1536,
+    "calibration": 16,
     "episodes": 1000,
-    "latency_runs": 5,
+    "latency_runs": 3,
     "qat_epochs": 1,
 }
 
