@@ -85,3 +85,44 @@ def layer_class(K: ModuleType, name: str) -> type:
 def custom_objects(K: ModuleType) -> dict[str, type]:
     """The classes by their registered names, for APIs that take ``custom_objects``."""
     return {f"mobilecv>{name}": cls for name, cls in CLASSES[keras_name(K)].items()}
+
+
+# --------------------------------------------------------------------------- pair features
+# The verification head's Keras formula (mobilecv.metric_learning.head holds the numpy one
+# and the docstring): a Siamese model saved with it reloads in a fresh process only if
+# this class is registered there, like the layers above.
+
+
+def _define_pair_features(K: ModuleType) -> dict[str, type]:
+    class PairFeatures(K.layers.Layer):
+        """Features of a pair of embeddings (a, b): |a - b| ("abs") or
+        (a - b)^2 / (|a| + |b| + epsilon) ("chi2"; DeepFace's chi-squared form for
+        non-negative features, defined for signed ones)."""
+
+        FORMS = ("abs", "chi2")
+
+        def __init__(self, form="abs", epsilon=1e-6, **kwargs):
+            super().__init__(**kwargs)
+            if form not in self.FORMS:
+                raise ValueError(f"pair form must be one of {', '.join(self.FORMS)}; got {form!r}")
+            self.form, self.epsilon = form, float(epsilon)
+
+        def call(self, inputs):
+            t = tf()
+            a, b = inputs
+            if self.form == "abs":
+                return t.abs(a - b)
+            return t.square(a - b) / (t.abs(a) + t.abs(b) + self.epsilon)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape[0]
+
+        def get_config(self):
+            return {**super().get_config(), "form": self.form, "epsilon": self.epsilon}
+
+    register = K.utils.register_keras_serializable(package="mobilecv")
+    return {"PairFeatures": register(PairFeatures)}
+
+
+for _name in KERAS_CHOICES:
+    CLASSES[_name].update(_define_pair_features(get_keras(_name)))

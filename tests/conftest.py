@@ -8,6 +8,20 @@ import pytest  # noqa: E402
 
 import mobilecv  # noqa: E402
 
+
+def run_cli(*args, cwd=None, timeout: float = 600):
+    """`mobilecv ARGS` in a fresh process, as a user runs it; MOBILECV_DEBUG unset, so
+    errors come out as a user sees them."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MOBILECV_DEBUG"}
+    return subprocess.run(
+        [sys.executable, "-m", "mobilecv.cli", *map(str, args)],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout,
+    )  # fmt: skip
+
+
 # Tiny sizes for tests that are generic over the registry (docs/ARCHITECTURE.md, rule 13).
 TINY = {"width": 0.25, "resolution": 32, "classes": 10}
 

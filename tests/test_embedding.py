@@ -5,13 +5,13 @@ trainer, the enrolment database and its bad files, and `train` / `convert` / `en
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from mobilecv import postprocess
 from mobilecv.errors import InputError
@@ -189,13 +189,7 @@ def test_truncated_text_and_foreign_databases_are_refused(tmp_path):
 # ----------------------------------------------------------------------- end to end
 
 
-def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("MOBILECV_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *map(str, args)],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
-    )  # fmt: skip
+cli = run_cli
 
 
 @pytest.fixture(scope="module")

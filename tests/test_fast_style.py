@@ -2,11 +2,10 @@
 perceptual loss, the converter's PSNR check, and `mobilecv train-stylizer`."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import mobilecv
 from mobilecv import fast_style
@@ -107,10 +106,8 @@ def test_converter_compares_a_stylizer_by_psnr():
     assert 20.0 < check.agreement["psnr_db"] < 100.0
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *args], capture_output=True, text=True, timeout=300
-    )
+def _cli(*args: str):
+    return run_cli(*args, timeout=300)
 
 
 @pytest.mark.slow

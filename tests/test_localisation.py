@@ -4,11 +4,10 @@ with every output quantised on its own, and outputs that keep their names end to
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import mobilecv
 from mobilecv import tflite_graph
@@ -64,10 +63,7 @@ def test_qat_localiser_keeps_its_output_names_through_int8():
 
 
 def _cli(*args, cwd) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = run_cli(*args, cwd=cwd)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

@@ -6,13 +6,10 @@ a fine-tune, QAT)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import mobilecv
 from mobilecv.errors import InputError
@@ -74,13 +71,7 @@ def test_a_bad_value_fails_before_training():
               loss_options={"mining": "hardest"})  # fmt: skip
 
 
-def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("MOBILECV_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *map(str, args)],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
-    )  # fmt: skip
+_cli = run_cli
 
 
 def test_train_cli_takes_loss_options_and_refuses_unknown_ones(tmp_path):

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli, tiny_knobs
 
 import mobilecv
 from mobilecv.modelio import save_model
-from tests.conftest import tiny_knobs
 
 # Options that change which layer classes a family uses, with the values that do.
 OPTION_VARIANTS = {"shortcut": ["pad"], "lrn": [True], "dims": [1, 3]}
@@ -38,10 +38,8 @@ def _case_id(name: str, options: dict, keras: str) -> str:
     return f"{name}{option}{'-keras3' if keras == 'keras3' else ''}"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *args], capture_output=True, text=True, timeout=300
-    )
+def _cli(*args: str):
+    return run_cli(*args, timeout=300)
 
 
 def _build_and_save(path, name: str, options: dict, keras: str):

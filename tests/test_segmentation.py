@@ -4,11 +4,10 @@ nuclei splits, the numpy overlay, and `mobilecv segment` in a subprocess."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import mobilecv
 from mobilecv import postprocess
@@ -149,10 +148,7 @@ def segmenter(tmp_path_factory):
     return path
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *map(str, args)], capture_output=True, text=True
-    )
+_cli = run_cli
 
 
 def test_segment_cli_writes_the_numpy_pipelines_mask_and_overlay(segmenter, tmp_path):

@@ -2,11 +2,10 @@
 optimisation measured on a small image."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import mobilecv
 from mobilecv import style
@@ -129,13 +128,7 @@ def test_keras_applications_vgg19_notop_weights_load(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", "stylize", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=cwd,
-    )
+    return run_cli("stylize", *args, cwd=cwd, timeout=180)
 
 
 def test_stylize_cli_writes_the_image_and_the_curve(tmp_path):

@@ -2,11 +2,10 @@
 filter set by hand, whose top patches and deconvnet projections must land on vertical edges."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from mobilecv import visualize as vz
 from mobilecv.errors import InputError
@@ -138,13 +137,7 @@ def test_deconvnet_refuses_a_branch():
 
 
 def _cli(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "mobilecv.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-    )
+    return run_cli(*args, cwd=cwd, timeout=300)
 
 
 def test_visualize_cli_writes_grids_and_an_index(tmp_path):
