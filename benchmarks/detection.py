@@ -117,10 +117,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yolo-from", metavar="DIR", help="reuse the float YOLO --save-dir saved")
     p.add_argument("--save-dir", metavar="DIR", help="save the trained float models here")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--out", default=str(common.OUT))
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
-    p.add_argument("--render", metavar="JSON", help="only re-print and re-write from a result")
+    common.add_output_options(p)
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

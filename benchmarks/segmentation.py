@@ -92,10 +92,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=3e-3, help="peak rate (cosine decay)")
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--out", default=str(common.OUT))
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
-    p.add_argument("--render", metavar="JSON", help="only re-print and re-write from a result")
+    common.add_output_options(p)
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():

@@ -65,6 +65,16 @@ def machine(
     return found
 
 
+def add_output_options(parser) -> None:
+    """The options every benchmark shares: --json, --out, --no-readme and --render."""
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--out", default=str(OUT), help=f"output folder (default {OUT})")
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not rewrite the README section"
+    )
+    parser.add_argument("--render", metavar="JSON", help="only re-print and re-write from a result")
+
+
 def run_config(args, omit: Iterable[str]) -> dict:
     """The run's arguments for its result, without those that only say where to write."""
     omit = set(omit)
