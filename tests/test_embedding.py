@@ -237,6 +237,19 @@ def test_int8_conversion_reports_the_cosine_agreement_and_runs_l2_norm_in_int8(e
     assert "L2_NORMALIZATION" in report.op_counts and not report.float_ops, report
 
 
+def test_bench_measures_the_int8_encoder_on_host_and_in_tflite_micro(encoder, tmp_path):
+    """`mobilecv bench` in a fresh process: a host latency, and on an MCU profile the arena
+    TFLite Micro really allocates (L2_NORMALIZATION included)."""
+    path, _ = encoder
+    done = cli("bench", path, "--device", "host", "--runs", "3", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["latency_ms"]["p50"] > 0
+    done = cli("bench", path, "--device", "stm32h743", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mcu = json.loads(done.stdout)
+    assert mcu["arena_bytes"] > 0 and mcu["verdict"] in ("fits", "does not fit"), mcu
+
+
 def test_ondevice_decodes_embeddings_with_numpy_alone(encoder, tmp_path):
     from test_task_pipeline import _device_folder
 
