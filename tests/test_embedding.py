@@ -294,6 +294,47 @@ def test_enroll_then_verify_in_two_processes(encoder, faces, tmp_path):
     assert tiny.returncode == 0 and ": unknown (nearest person" in tiny.stdout
 
 
+def test_ondevice_recognises_against_the_database_with_numpy_alone(encoder, faces, tmp_path):
+    """The device folder's ondevice.py (no TensorFlow, no mobilecv) gives the same answer
+    as `mobilecv verify` for one image, and refuses another model's database."""
+    from test_task_pipeline import _device_folder
+
+    from mobilecv.commands.imagefiles import model_input, read_image
+    from mobilecv.converters.tflite import quantize_input
+    from mobilecv.evaluate import TfliteModel
+    from mobilecv.modelinfo import read_info
+
+    path, _ = encoder
+    image = next(faces.glob("*/1.png"))
+    assert (
+        cli("enroll", path, "--images", f"{faces}/*/*.png", "-o", "db.npz", cwd=tmp_path).returncode
+        == 0
+    )
+    want = json.loads(cli("verify", path, "db.npz", image, "--json", cwd=tmp_path).stdout)[
+        "answers"
+    ][0]
+    tfl = TfliteModel(path)
+    x = model_input(read_image(image), tfl.input_shape, read_info(path).input_range)  # as verify
+    np.save(tmp_path / "x.npy", quantize_input(x, tfl.input))
+    folder = _device_folder(tmp_path)
+    command = [sys.executable, str(folder / "ondevice.py"), str(path), "--runs", "1",
+               "--inputs", str(tmp_path / "x.npy"), "--database", str(tmp_path / "db.npz")]  # fmt: skip
+    done = subprocess.run([*command, "-o", str(tmp_path / "r.json")], cwd=folder,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (got,) = json.loads((tmp_path / "r.json").read_text())["predictions"]["recognised"]
+    assert (got["identity"], got["nearest"]) == (want["identity"], want["nearest"])
+    assert got["distance"] == pytest.approx(want["distance"], abs=1e-4)
+    other = tmp_path / "other.tflite"
+    other.write_bytes(path.read_bytes() + b"\0")  # another file: another fingerprint
+    command[2] = str(other)
+    refused = subprocess.run([*command, "-o", str(tmp_path / "r2.json")], cwd=folder,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 1
+    result = json.loads((tmp_path / "r2.json").read_text())
+    assert not result["ok"] and "enrolled with another model" in result["error"]
+
+
 def test_a_database_of_another_model_or_a_corrupt_one_exits_2(encoder, faces, tmp_path):
     model, _ = encoder
     path, _ = _database(tmp_path)  # 8-d, written for another file

@@ -14,9 +14,12 @@ With `--postprocess` the outputs are decoded by the model's task (classification
 localisation, landmarks, detection, ...: named in the same metadata, with any options such
 as a detector's anchors in its "task_options") with mobilecv's numpy
 post-processing, `postprocess.py`: copy it beside this file on a device (it needs only
-numpy); the result gains "predictions" and "postprocess_ms".
+numpy); the result gains "predictions" and "postprocess_ms". For an embedding model,
+`--database DB.npz` (from `mobilecv enroll` with the same model file) also recognises the
+embedding: the nearest enrolled identity and its distance, or unknown beyond tau.
 
     python3 ondevice.py model.tflite --threads 4 --runs 100 -o result.json
+    python3 ondevice.py encoder.tflite --inputs face.npy --database db.npz -o who.json
 """
 
 from __future__ import annotations
@@ -152,6 +155,33 @@ def decode_outputs(interp, info: dict, repeats: int = 20) -> tuple[dict, float]:
     return {"task": task, **plain}, sorted(times)[len(times) // 2]
 
 
+def recognise(embeddings, database: str, model: str, threshold: float | None) -> list[dict]:
+    """The course's recognition rule on a device, numpy only: each embedding against the
+    identities of a `mobilecv enroll` database (its version-1 .npz, which must come from
+    this model file); the nearest identity and its distance, or "unknown" (None) when
+    the distance is not under tau (the database's own unless ``threshold``)."""
+    import hashlib
+
+    import numpy as np
+
+    with np.load(database, allow_pickle=False) as f:
+        db = {k: f[k] for k in ("kind", "version", "dim", "model_fingerprint", "threshold",
+                                "names", "encodings")}  # fmt: skip
+    if str(db["kind"]) != "mobilecv-embedding-database" or int(db["version"]) != 1:
+        raise ValueError(f"{database}: not a version-1 mobilecv enrolment database")
+    with open(model, "rb") as fh:
+        if hashlib.sha256(fh.read()).hexdigest() != str(db["model_fingerprint"]):
+            raise ValueError(f"{database} was enrolled with another model; enrol with {model}")
+    tau = float(db["threshold"]) if threshold is None else float(threshold)
+    found = _postprocess_module().nearest_identity(embeddings, db["encodings"], tau)
+    names = [str(n) for n in db["names"]]
+    return [
+        {"identity": names[k] if k >= 0 else None, "nearest": names[n], "distance": float(d),
+         "threshold": tau}
+        for k, n, d in zip(found["identity"], found["nearest"], found["distance"], strict=True)
+    ]  # fmt: skip
+
+
 def _metadata_entry(fb, data, name: bytes) -> bytes | None:
     """A copy of one metadata entry's payload (no view of `data` outlives the call)."""
     root = fb.Model.GetRootAs(data, 0)
@@ -241,12 +271,15 @@ def measure(
     device: str = "",
     input_range: tuple[float, float] | None = None,
     postprocess: bool = False,
+    database: str | None = None,
+    threshold: float | None = None,
 ) -> dict:
     """Load, warm up and time `model`; return the result dict (raises on failure).
 
     `input_range` overrides the range the model declares for random float inputs. With
     `postprocess`, the task's numpy post-processing (from the model's metadata) decodes the
-    last outputs, and its time is reported too."""
+    last outputs, and its time is reported too; with `database` (an embedding model's
+    enrolment .npz) each embedding is also recognised (:func:`recognise`)."""
     if cores:
         os.sched_setaffinity(0, cores)  # before the runtime starts its threads
     if memory_limit_mb:
@@ -256,6 +289,7 @@ def measure(
 
     # Before the runtime starts, so that reading the metadata is not part of its memory.
     drawn_in, range_source = (None, "inputs") if inputs else input_range_for(model, input_range)
+    postprocess = postprocess or database is not None
     info = (model_info(model) or {}) if postprocess else {}
     interpreter_cls, runtime = _interpreter_class()
     rss_before = _rss_kb() or _peak_rss_kb()
@@ -317,6 +351,12 @@ def measure(
 
     peak_kb = _peak_rss_kb()
     decoded = decode_outputs(interp, info) if postprocess else None
+    if database is not None:
+        if decoded[0]["task"] != "embedding":
+            raise ValueError(
+                f"--database needs an embedding model; this one is {decoded[0]['task']}"
+            )
+        decoded[0]["recognised"] = recognise(decoded[0]["embedding"], database, model, threshold)
     return {
         "schema": SCHEMA_VERSION,
         "model": os.path.basename(model),
@@ -365,6 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         help="decode the outputs with the model's task (numpy; needs postprocess.py beside "
         "this script, or mobilecv) and time it",
     )
+    p.add_argument(
+        "--database",
+        default=None,
+        metavar="DB.npz",
+        help="an embedding model's `mobilecv enroll` database: recognise each embedding "
+        "(implies --postprocess)",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=None, help="tau for --database (default: its own)"
+    )
     p.add_argument("--device", default="", help="name to record (default: hostname)")
     p.add_argument("-o", "--output", default="-", help="JSON file (default stdout)")
     a = p.parse_args(argv)
@@ -377,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(
             a.model, a.threads, a.runs, a.warmup, a.time_budget, cores,
             a.memory_limit_mb, a.inputs, a.seed, a.device, flag_range, a.postprocess,
+            a.database, a.threshold,
         )  # fmt: skip
         code = 0
     except MemoryError:
