@@ -31,7 +31,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -480,11 +479,7 @@ def main(argv=None) -> int:
         "roc": plot_rocs(curves, out_dir / f"{stem}_roc.png"),
         "projection": plot_best_projection(models[best], test, out_dir / f"{stem}_tsne.png"),
     }
-    result.update(
-        config=common.run_config(args, ("json", "out", "render", "no_readme")),
-        machine=common.machine(PACKAGES, load_average=True),
-        wall_seconds=round(time.perf_counter() - wall, 1),
-    )
+    result.update(common.run_metadata(args, PACKAGES, wall))
     return finish(result, args)
 
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -256,11 +255,7 @@ def main(argv=None) -> int:
     result = {"rows": rows, "training": training}
     result["pictures"] = save_pictures(pictures, names, out_dir, stem)
     result["targets"] = targets(rows, args.width)
-    result.update(
-        config=common.run_config(args, ("json", "out", "render", "no_readme")),
-        machine=common.machine(PACKAGES, load_average=True),
-        wall_seconds=round(time.perf_counter() - wall, 1),
-    )
+    result.update(common.run_metadata(args, PACKAGES, wall))
     return finish(result, args)
 
 

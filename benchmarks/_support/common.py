@@ -75,6 +75,16 @@ def add_output_options(parser) -> None:
     parser.add_argument("--render", metavar="JSON", help="only re-print and re-write from a result")
 
 
+def run_metadata(args, packages: Iterable[str], wall_start: float) -> dict:
+    """What a result records of its run: the arguments (without the output options), the
+    machine and the wall time since ``wall_start`` (time.perf_counter)."""
+    return {
+        "config": run_config(args, ("json", "out", "render", "no_readme")),
+        "machine": machine(packages, load_average=True),
+        "wall_seconds": round(time.perf_counter() - wall_start, 1),
+    }
+
+
 def run_config(args, omit: Iterable[str]) -> dict:
     """The run's arguments for its result, without those that only say where to write."""
     omit = set(omit)
