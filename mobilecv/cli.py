@@ -227,6 +227,7 @@ def _register_commands() -> None:
     from mobilecv.commands.embed import enroll_command, verify_command
     from mobilecv.commands.fast_style import train_stylizer_command
     from mobilecv.commands.run import run_command
+    from mobilecv.commands.search import search_command
     from mobilecv.commands.segment import segment_command
     from mobilecv.commands.stylize import stylize_command
     from mobilecv.commands.sweep import sweep_command
@@ -242,6 +243,7 @@ def _register_commands() -> None:
         devices,
         run_command,
         sweep_command,
+        search_command,
         anchors_command,
         detect_command,
         segment_command,

@@ -57,6 +57,10 @@ def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator
     }
     if address is None:
         options["num_cpus"] = cpus or os.cpu_count() or 1
+        # Ray's hint that token auth is on says nothing to someone who started no cluster.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
     try:  # "local": a Ray of our own even when `ray start` runs one on this machine
         ray.init(address=address or "local", **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -75,17 +79,28 @@ def cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
-def _in_worker(trial: Callable[[Mapping], Row], task: Mapping, threads: int) -> Row:
-    """The Ray task: TensorFlow limited to this trial's CPUs, then the trial; the row
-    says which node (machine) ran it."""
-    import ray
-
+def limit_threads(threads: int) -> None:
+    """TensorFlow's (and OpenMP's) thread pools sized to a trial's CPUs; called in the
+    trial's fresh worker before TensorFlow is imported there."""
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def node_id() -> str:
+    """The Ray node (machine) this code runs on, short."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()[:NODE_ID_CHARS]
+
+
+def _in_worker(trial: Callable[[Mapping], Row], task: Mapping, threads: int) -> Row:
+    """The Ray task: TensorFlow limited to this trial's CPUs, then the trial; the row
+    says which node (machine) ran it."""
+    limit_threads(threads)
     row = trial(task)
-    row["node"] = ray.get_runtime_context().get_node_id()[:NODE_ID_CHARS]
+    row["node"] = node_id()
     return row
 
 
@@ -126,7 +141,7 @@ def run_trials(
             row = failed_row(tasks[i], failure_line(exc))
         rows[i] = row
         if state:
-            _append(state, {"key": key(tasks[i]), "row": row})
+            append_row(state, key(tasks[i]), row)
         bar.update(note=note(row))
     bar.close()
     return rows  # type: ignore[return-value]
@@ -138,7 +153,12 @@ def failure_line(exc: BaseException) -> str:
 
     if isinstance(exc, ray.exceptions.OutOfMemoryError):
         return "out of memory: Ray's memory monitor killed the trial's worker"
-    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
+    died = (
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.RayActorError,  # a Ray Tune trial's worker
+    )
+    if isinstance(exc, died):
         return f"worker process died ({type(exc).__name__}): killed, or crashed in native code"
     if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         return _error_line(exc.cause)
@@ -209,9 +229,10 @@ def _difference(old: Mapping, new: Mapping) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys[:3])
 
 
-def _append(path: Path, entry: Mapping) -> None:
+def append_row(path: Path, key: str, row: Mapping) -> None:
+    """One finished row, on disk before the next (a kill loses at most a line)."""
     with open(path, "a") as f:
-        f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+        f.write(json.dumps({"key": key, "row": row}, sort_keys=True, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

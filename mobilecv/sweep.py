@@ -164,13 +164,25 @@ def _split(dataset: str, split: str, samples: int | None, model):
 
 
 def _measure_point(task: dict) -> dict:
+    """A sweep point: build, (train), int8-convert, (score on test), measure and judge."""
+    model, row = build_point(task)
+    if task["train_epochs"] > 0:
+        model, trained = train_point(task, model)
+        row.update(trained)
+    result, path = convert_point(task, model)
+    row["tflite"] = os.fspath(path)
+    row["tflite_bytes"] = result.size
+    if task["train_epochs"] > 0:
+        row["score"] = test_score(task, model, result, row)
+    row.update(judge_point(task, path))
+    return row
+
+
+def build_point(task: Mapping) -> tuple:
+    """The point's model (its family's options included) and its params and MACs."""
     import mobilecv
-    from mobilecv import bench
-    from mobilecv.bench import devices
-    from mobilecv.converters.tflite import convert
     from mobilecv.profiling import profile
 
-    row: dict = {}
     model = mobilecv.build(
         task["family"],
         width=task["width"],
@@ -178,62 +190,81 @@ def _measure_point(task: dict) -> dict:
         resolution=task["resolution"],
         classes=task["classes"],
         input_channels=task["input_channels"],
+        **task.get("options", {}),
     )
     prof = profile(model)
-    row["params"] = int(prof.params)
-    row["macs"] = int(prof.macs)
+    return model, {"params": int(prof.params), "macs": int(prof.macs)}
 
-    dataset = task["dataset"]
-    if task["train_epochs"] > 0:
-        from mobilecv.train import train
 
-        model, report = train(
-            model,
-            dataset,
-            task["train_epochs"],
-            batch_size=task["batch_size"],
-            limit=task["train_limit"],
-            progress=False,
-        )
-        row["task"] = report.task
-        row["metric"] = _primary_metric(report.task)
-        row["val_score"] = report.val_metrics.get(row["metric"])
+def train_point(task: Mapping, model, *, progress: bool = False) -> tuple:
+    """``train_epochs`` on ``train_limit`` training images; the held-out (validation)
+    score is the one anything may be chosen on."""
+    from mobilecv.train import train
+
+    model, report = train(
+        model,
+        task["dataset"],
+        task["train_epochs"],
+        batch_size=task["batch_size"],
+        limit=task["train_limit"],
+        progress=progress,
+    )
+    metric = _primary_metric(report.task)
+    return model, {
+        "task": report.task,
+        "metric": metric,
+        "val_score": report.val_metrics.get(metric),
+    }
+
+
+def convert_point(task: Mapping, model) -> tuple:
+    """The int8 conversion, calibrated on training images (uniform noise without data),
+    saved as ``models_dir/NAME.tflite``."""
+    from mobilecv.converters.tflite import convert
 
     shape = (1, *(int(d) for d in model.input_shape[1:]))
-    if dataset is not None:
-        calibration = _split(dataset, "train", task["calibration_samples"] + 64, model).x
+    count = task["calibration_samples"] + 64
+    if task["dataset"] is not None:
+        calibration = _split(task["dataset"], "train", count, model).x
     else:  # no data: uniform [0, 1) images, which convert maps onto the declared input range
-        calibration = np.random.default_rng(0).random(
-            (task["calibration_samples"] + 64, *shape[1:]), dtype=np.float32
-        )
+        calibration = np.random.default_rng(0).random((count, *shape[1:]), dtype=np.float32)
     result = convert(
         model,
         quantize="int8",
         calibration=calibration,
         samples=task["calibration_samples"],
+        verify=task.get("verify", True),
         progress=False,
     )
     path = Path(task["models_dir"]) / f"{point_name(task)}.tflite"
     result.save(path, force=True)
-    row["tflite"] = os.fspath(path)
-    row["tflite_bytes"] = result.size
+    return result, path
 
-    if task["train_epochs"] > 0:
-        from mobilecv.data.datasets import model_inputs
-        from mobilecv.evaluate import TfliteModel
-        from mobilecv.tasks import get_task
 
-        # The test split is read only here, for the final score of the int8 model.
-        data = _split(dataset, "test", task["test_samples"], model)
-        scorer = get_task(row["task"])
-        outputs = TfliteModel(result.tflite).predict_outputs(
-            model_inputs(data.x, model), scorer.outputs
-        )
-        row["score"] = scorer.score(outputs, data.y)[row["metric"]]
+def test_score(task: Mapping, model, result, row: Mapping) -> float:
+    """The int8 model's score on ``test_samples`` test images: the only place the test
+    split is read, for a figure nothing is chosen on."""
+    from mobilecv.data.datasets import model_inputs
+    from mobilecv.evaluate import TfliteModel
+    from mobilecv.tasks import get_task
+
+    data = _split(task["dataset"], "test", task["test_samples"], model)
+    scorer = get_task(row["task"])
+    outputs = TfliteModel(result.tflite).predict_outputs(
+        model_inputs(data.x, model), scorer.outputs
+    )
+    return scorer.score(outputs, data.y)[row["metric"]]
+
+
+def judge_point(task: Mapping, path: Path) -> dict:
+    """Host latency measured (1 thread, one timed model at a time on a machine) and the
+    device's estimate, TFLM arena and fit verdict, as row columns."""
+    from mobilecv import bench
+    from mobilecv.bench import devices
 
     host = devices.get("host", calibrate=False)
     on_host = task["device"] == "host"
-    with engine.measuring():  # one timed model at a time on a machine
+    with engine.measuring():
         measured = bench.run(
             path,
             host,
@@ -242,17 +273,18 @@ def _measure_point(task: dict) -> dict:
             warmup=task["warmup"],
             max_latency_ms=task["max_latency_ms"] if on_host else None,
         )
-    row["host_latency_ms"] = measured["latency_ms"]["p50"]
-    row["host_latency_p90_ms"] = measured["latency_ms"]["p90"]
     judged = (
         measured
         if on_host
         else bench.run(path, task["device"], threads=1, max_latency_ms=task["max_latency_ms"])
     )
     est = judged["estimate"] or {}
-    row.update(
+    return dict(
+        host_latency_ms=measured["latency_ms"]["p50"],
+        host_latency_p90_ms=measured["latency_ms"]["p90"],
         device=judged["device"],
         device_latency_ms=est.get("latency_ms"),
+        judged_latency_ms=judged["judged_latency"]["ms"],
         device_flash_bytes=est.get("flash_bytes"),
         device_ram_bytes=est.get("ram_bytes"),
         arena_bytes=judged.get("arena_bytes"),
@@ -261,7 +293,6 @@ def _measure_point(task: dict) -> dict:
         verdict=judged["verdict"],
         reasons=list(judged["reasons"]),
     )
-    return row
 
 
 def _run_point(task: dict) -> dict:
@@ -340,7 +371,7 @@ def sweep(
     if resume and out_dir is None:
         raise InputError("--resume continues a sweep written to an output directory (-o)")
     dev = devices.get(device, calibrate=False)
-    classes, input_channels = _data_shape(dataset, classes, input_channels)
+    classes, input_channels = data_shape(dataset, classes, input_channels)
     points = grid(
         family, widths, resolutions, depths, classes=classes, input_channels=input_channels
     )
@@ -401,7 +432,7 @@ def _check_options(workers, train_epochs, dataset, runs, calibration_samples, ma
         raise InputError(f"max_latency_ms must be > 0, got {max_latency_ms}")
 
 
-def _data_shape(dataset, classes, input_channels) -> tuple[int, int]:
+def data_shape(dataset, classes, input_channels) -> tuple[int, int]:
     """(classes, input channels): as given, else the dataset's, else ImageNet's 1000 x 3."""
     if dataset is not None and (classes is None or input_channels is None):
         from mobilecv.data import Split, load_arrays
@@ -548,9 +579,15 @@ def plot(
     device: str | None = None,
     title: str | None = None,
     force: bool = False,
+    x: str = "host_latency_ms",
+    y: str | None = None,
+    xlabel: str = "measured host latency, 1 thread, p50 (ms)",
+    ylabel: str | None = None,
+    chosen: Mapping | None = None,
 ) -> Path:
-    """Accuracy (or MACs) against measured host latency; points that do not fit the
-    device in grey, the frontier of those that fit marked and connected."""
+    """y (by default the test score, or MACs untrained) against x (measured host latency);
+    points that do not fit the device in grey, the frontier of those that fit marked and
+    connected, and a ``chosen`` point starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -558,20 +595,18 @@ def plot(
 
     from mobilecv.fileio import atomic_path
 
-    y = y_key(rows)
+    y = y or y_key(rows)
     ok = [
         r
         for r in rows
-        if not r.get("error")
-        and _number(r.get("host_latency_ms")) is not None
-        and _number(r.get(y)) is not None
+        if not r.get("error") and _number(r.get(x)) is not None and _number(r.get(y)) is not None
     ]
     metric = next((r["metric"] for r in rows if r.get("metric")), "accuracy")
-    percent = y == "score" and higher_is_better(rows)
-    scale = 100.0 if percent else (1.0 if y == "score" else 1e-6)
-    ylabel = (
-        f"test {metric} of the int8 model{' (%)' if percent else ''}" if y == "score" else "MMACs"
-    )
+    scored = y != "macs"
+    percent = scored and higher_is_better(rows)
+    scale = 100.0 if percent else (1.0 if scored else 1e-6)
+    ylabel = (ylabel or f"test {metric} of the int8 model") + (" (%)" if percent else "")
+    ylabel = ylabel if scored else "MMACs"
     device = device or next((r.get("device") for r in rows if r.get("device")), "device")
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -579,7 +614,7 @@ def plot(
     miss = [r for r in ok if not r.get("fits")]
     if miss:
         ax.scatter(
-            [r["host_latency_ms"] for r in miss],
+            [r[x] for r in miss],
             [r[y] * scale for r in miss],
             c="0.75",
             edgecolors="0.55",
@@ -589,17 +624,17 @@ def plot(
         )
     if fit:
         ax.scatter(
-            [r["host_latency_ms"] for r in fit],
+            [r[x] for r in fit],
             [r[y] * scale for r in fit],
             c="tab:blue",
             s=36,
             label=f"fits {device}",
             zorder=3,
         )
-    front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r["host_latency_ms"])
+    front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r[x])
     if front:
         ax.plot(
-            [r["host_latency_ms"] for r in front],
+            [r[x] for r in front],
             [r[y] * scale for r in front],
             "-o",
             color="tab:red",
@@ -613,13 +648,16 @@ def plot(
         ax.annotate(
             f"w{r['width']:g} r{r['resolution']}"
             + (f" d{r['depth']:g}" if r["depth"] != 1 else ""),
-            (r["host_latency_ms"], r[y] * scale),
+            (r[x], r[y] * scale),
             textcoords="offset points",
             xytext=(5, 4),
             fontsize=7,
             color="0.2" if r.get("fits") else "0.55",
         )
-    lat = [r["host_latency_ms"] for r in ok]
+    if chosen is not None and _number(chosen.get(y)) is not None:
+        ax.scatter([chosen[x]], [chosen[y] * scale], marker="*", s=260, c="gold",
+                   edgecolors="k", label="chosen", zorder=5)  # fmt: skip
+    lat = [r[x] for r in ok]
     if lat and min(lat) > 0 and max(lat) / min(lat) > 20:
         ax.set_xscale("log")
     if y == "macs" and ok:
@@ -627,12 +665,12 @@ def plot(
         if min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
     failed = len(rows) - len(ok)
-    ax.set_xlabel("measured host latency, 1 thread, p50 (ms)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     family = next((r.get("family") for r in rows), "")
     ax.set_title(
         title
-        or f"{family}: {metric if y == 'score' else 'MACs'} vs latency, fit judged for {device}"
+        or f"{family}: {metric if scored else 'MACs'} vs latency, fit judged for {device}"
         + (f" ({failed} point(s) failed)" if failed else "")
     )
     ax.grid(True, alpha=0.3)
