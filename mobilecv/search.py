@@ -672,7 +672,7 @@ def retrain(
 
     knobs = {k: chosen[k] for k in SEARCHED if chosen.get(k) is not None}
     task = {**_task(settings, knobs, out), "train_epochs": epochs, "train_limit": limit}
-    task["test_samples"] = None
+    task.update(test_samples=None, verify=True)  # the converter's own check, on a trained model
     start = time.perf_counter()
     model, final = sweep.build_point(task)
     model, trained = sweep.train_point(task, model, progress=progress)

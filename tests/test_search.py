@@ -151,8 +151,8 @@ import ray.cloudpickle as cloudpickle
 from dataclasses import replace
 from mobilecv import search
 cloudpickle.register_pickle_by_value(search_trials)
-settings = search.Settings(
-    "mobilenet_v2", search.Space(width=(0.25, 0.5), resolution=(32, 64)),
+settings = search.Settings(  # the compound form, on NSGA-II
+    "mobilenet_v2", search.Space(phi=(0.0, 2.0), base=(0.25, 1.0, 32)),
     search.Constraints("host"), objectives=("score", "latency"), trials=4, extra={"sleep": 4},
 )
 search.search(settings, sys.argv[1], final_epochs=0, workers=1, resume=sys.argv[2] == "resume",
@@ -196,6 +196,7 @@ def test_a_search_killed_halfway_resumes_without_running_finished_trials_again(t
     # The trials that had finished before the kill are in the report as they were.
     assert finished <= {(r["pid"], r["finished_at"]) for r in rows}
     assert len({r["pid"] for r in rows}) == 4  # and nothing ran twice
+    assert all(r["phi"] is not None and r["alpha"] >= 1 for r in rows)
 
 
 # --------------------------------------------------------------------------- the CLI
