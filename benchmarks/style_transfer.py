@@ -230,10 +230,7 @@ def markdown(result: dict) -> str:
 
 
 def finish(result: dict, args) -> int:
-    md = markdown(result)
-    common.publish(args, "style_transfer", result, md)
-    print(json.dumps(result, indent=2) if args.json else md)
-    return 0 if all(t["pass"] for t in result["targets"]) else 1
+    return common.publish_and_print(args, "style_transfer", result, markdown(result))
 
 
 def main(argv=None) -> int:

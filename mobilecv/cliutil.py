@@ -125,6 +125,32 @@ def out_dir_option(help: str = "Output directory.", required: bool = True):
     )
 
 
+def trial_options(resume_help: str):
+    """--device, --max-latency-ms, --data, --workers, --address and --resume: the options
+    of the commands whose points are trials on Ray (sweep, search), spelled once."""
+    options = [
+        click.option("--device", "-d", default="stm32f746", show_default=True,
+                     help="Device profile to judge fit on (see `mobilecv devices`) or a profile .yaml."),
+        click.option("--max-latency-ms", type=float, default=None,
+                     help="Latency budget on the device (measured on the host, estimated elsewhere)."),
+        click.option("--data", default="fashion_mnist", show_default=True,
+                     help="Dataset: fashion_mnist, digits, an .npz or a folder."),
+        click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Trials at once on each machine (each gets cpu_count / workers CPUs)."),
+        click.option("--address", default=None,
+                     help="Run the trials on this Ray cluster (auto, HOST:6379 or ray://HOST:10001) "
+                     "instead of a Ray started on this machine."),
+        click.option("--resume", is_flag=True, help=resume_help),
+    ]  # fmt: skip
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def parse_key_value(text: str, hint: str) -> tuple[str, Any]:
     """``KEY=VALUE`` of a repeatable option -> (key with "-" as "_", value read as JSON:
     numbers, true/false, lists; anything else a string)."""

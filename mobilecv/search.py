@@ -311,7 +311,12 @@ def settings_from_options(
     return Settings(
         family=family,
         space=space,
-        constraints=Constraints(dev.name, max_latency_ms, max_arena_kb, max_flash_kb),
+        constraints=Constraints(
+            device if device.endswith((".yaml", ".yml")) else dev.name,  # a profile file
+            max_latency_ms,
+            max_arena_kb,
+            max_flash_kb,
+        ),
         objectives=tuple(objectives.split(",")),
         dataset=dataset,
         classes=classes,

@@ -675,7 +675,7 @@ def plot(
     )
     ax.grid(True, alpha=0.3)
     if ok:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         if not fit:
             ax.text(
                 0.02, 0.97, f"no point fits {device}: no frontier", transform=ax.transAxes,

@@ -9,6 +9,7 @@ scripts use this checkout's mobilecv.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -127,6 +128,14 @@ def publish(args, name: str, result: dict, md: str, readme: bool = True) -> None
     write_result(args.out, output_stem(name, quick), result, md)
     if readme and not (quick or args.no_readme):
         update_readme(name, md)
+
+
+def publish_and_print(args, name: str, result: dict, md: str) -> int:
+    """:func:`publish`, print the Markdown (or the JSON with --json), and the exit code:
+    0 when every target passed, else 1."""
+    publish(args, name, result, md)
+    print(json.dumps(result, indent=2, default=str) if args.json else md)
+    return 0 if all(t["pass"] for t in result["targets"]) else 1
 
 
 def update_readme(section: str, md: str, readme: Path = README) -> bool:

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import click
 
-from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
+from mobilecv.cliutil import (
+    echo_json,
+    force_option,
+    handle_errors,
+    json_option,
+    out_dir_option,
+    trial_options,
+)
 
 
 @click.command("search")
 @click.argument("family")
-@click.option(
-    "--device",
-    "-d",
-    default="stm32f746",
-    show_default=True,
-    help="Device profile the points must fit (see `mobilecv devices`).",
-)
-@click.option(
-    "--max-latency-ms",
-    type=float,
-    default=None,
-    help="Latency budget on the device (measured on the host, estimated elsewhere).",
-)
+@trial_options("Finish a search that was stopped (DIR/tune, DIR/trials.jsonl).")
 @click.option(
     "--max-arena-kb",
     type=float,
@@ -33,12 +28,6 @@ from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
     type=float,
     default=None,
     help="Bound on the int8 model's size, tighter than the device's flash.",
-)
-@click.option(
-    "--data",
-    default="fashion_mnist",
-    show_default=True,
-    help="Dataset: fashion_mnist, digits, an .npz or a folder.",
 )
 @click.option(
     "--trials", type=click.IntRange(min=1), default=20, show_default=True, help="Points to try."
@@ -90,10 +79,10 @@ from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 )
 @click.option(
     "--final-epochs",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     default=10,
     show_default=True,
-    help="Retraining of the chosen point.",
+    help="Retraining of the chosen point (0: search only).",
 )
 @click.option(
     "--final-limit",
@@ -102,19 +91,6 @@ from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
     help="Training images for the retraining (default: all).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Trials at once on each machine.",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="Run the trials on this Ray cluster (auto, HOST:6379 or ray://HOST:10001).",
-)
-@click.option("--resume", is_flag=True, help="Finish a search that was stopped (DIR/tune).")
 @out_dir_option(
     "Output directory (search.csv, search.json, pareto.png, best.keras, "
     "best.tflite, trials.jsonl, tune/)."

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option, out_dir_option
+from mobilecv.cliutil import (
+    echo_json,
+    force_option,
+    handle_errors,
+    json_option,
+    out_dir_option,
+    trial_options,
+)
 
 
 @click.command("sweep")
@@ -14,26 +21,15 @@ from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 @click.option(
     "--depths", default="1.0", show_default=True, help="Comma-separated depth multipliers."
 )
-@click.option(
-    "--device",
-    "-d",
-    default="stm32f746",
-    show_default=True,
-    help="Device profile to judge fit on (see `mobilecv devices`) or a profile .yaml.",
+@trial_options(
+    "Finish a sweep that was stopped: run only the points missing from DIR/trials.jsonl."
 )
-@click.option("--max-latency-ms", type=float, default=None, help="Latency budget for the verdict.")
 @click.option(
     "--train-epochs",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="Train each point this many epochs and report int8 test top-1 (0: no training).",
-)
-@click.option(
-    "--data",
-    default="fashion_mnist",
-    show_default=True,
-    help="Dataset for int8 calibration and training: fashion_mnist, digits, an .npz or a folder.",
 )
 @click.option("--classes", type=click.IntRange(min=1), default=None, help="Default: the dataset's.")
 @click.option(
@@ -55,24 +51,6 @@ from mobilecv.cliutil import echo_json, force_option, handle_errors, json_option
 )
 @click.option(
     "--runs", type=click.IntRange(min=1), default=30, show_default=True, help="Timed host runs."
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Trials at once on each machine (each gets cpu_count / workers CPUs).",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="Run the trials on this Ray cluster (auto, HOST:6379 or ray://HOST:10001) instead "
-    "of a Ray started on this machine.",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Finish a sweep that was stopped: run only the points missing from DIR/trials.jsonl.",
 )
 @out_dir_option("Output directory (sweep.csv, sweep.json, pareto.png, trials.jsonl, models/).")
 @force_option("existing outputs")
