@@ -98,6 +98,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak rate (cosine decay)")
     p.add_argument("--seed", type=int, default=0, help="the first seed; seeds are consecutive")
+    p.add_argument("--resume", metavar="JSON",
+                   help="go on from a stopped run's _partial.json (its settings, its points)")  # fmt: skip
     common.add_output_options(p)
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -351,7 +353,7 @@ COLUMNS = (
     ("knobs w/d/px", ">18"),
     ("MACs", ">12"),
     ("off", ">7"),
-    ("top-1 mean", ">11"),
+    ("top-1 mean", ">13"),
     ("seeds min-max", ">15"),
     ("host ms", ">9"),
     ("pixel1 ms", ">10"),
@@ -378,7 +380,7 @@ def row_cells(name: str, p: dict) -> list[str]:
     top = p["test_top1"]
     return [name, knob_text(p["knobs"]), f"{p['macs']:,}", f"{p['off']:+.1%}",
             f"{top['mean'] * 100:.2f}", f"{top['min'] * 100:.1f}-{top['max'] * 100:.1f}",
-            f"{p['host_p50_ms']:.2f}", f"{p['pixel1_ms']:.2f}"]  # fmt: skip
+            f"{p['host_p50_ms']:.3f}", f"{p['pixel1_ms']:.2f}"]  # fmt: skip
 
 
 def grid_cells(name: str, g: dict) -> list[str]:
@@ -410,6 +412,29 @@ def settings_lines(result: dict) -> list[str]:
     ]
 
 
+def caveat_lines(result: dict) -> list[str]:
+    """What the numbers cannot say, from the numbers."""
+    base = result["points"]["1x base"]["test_top1"]["mean"]
+    grid_x = [g["macs_x"] for g in result["grid"].get("rows", {}).values()]
+    missed = [n for n, p in result["points"].items() if not p["within"]]
+    lines = [f"- The budget is far from convergence (the base reaches {base * 100:.1f}% test "
+             "top-1): this compares what each way learns in one short fixed budget, where a "
+             "bigger network is also a slower learner, not converged accuracy."]  # fmt: skip
+    if grid_x:
+        lines.append(f"- phi = 1 under alpha * beta^2 * gamma^2 ~= 2 gives {min(grid_x):.2f}x to "
+                     f"{max(grid_x):.2f}x the base's MACs here, not 2x: depth is ceil(d * "
+                     "repeats), so any d > 1 adds a block to every stage, and any resolution "
+                     "above 32 px adds a row and column to every feature map.")  # fmt: skip
+    if missed:
+        lines.append(f"- Out of 5% reach, so not trained: {', '.join(missed)}. Compound's first "
+                     "step above phi = 0 is that same jump; depth stops at 3.55x (depth 4.0, "
+                     "mobilecv's limit).")  # fmt: skip
+    if result["config"]["grid_seeds"] < result["config"]["seeds"]:
+        lines.append(f"- The grid search trained {result['config']['grid_seeds']} seed per triple "
+                     "(time): a margin smaller than the seed ranges above picks by noise.")  # fmt: skip
+    return lines
+
+
 def markdown(result: dict) -> str:
     machine = result["machine"]
     lines = [
@@ -429,6 +454,9 @@ def markdown(result: dict) -> str:
         "clear winner.",
         "",
         *[f"- {verdict_line(v)}" for v in result["verdicts"]],
+        f"- Verdict: {result['overall']}.",
+        "",
+        *caveat_lines(result),
         "",
         f"Picture: `{result['picture']}` (top-1 against MACs, measured host latency and "
         "estimated pixel1 latency). Host ms: the float .tflite in LiteRT on 1 thread while "
@@ -454,6 +482,7 @@ def finish(result: dict, args) -> int:
     for v in result["verdicts"]:
         print(verdict_line(v))
     print(f"verdict: {result['overall']}")
+    print("\n".join(caveat_lines(result)))
     print(f"picture: {result['picture']}")
     return 0
 
@@ -469,6 +498,34 @@ def checkpoint(result: dict, args, wall: float, path: Path) -> None:
     write_json(path, partial, force=True)
 
 
+def by_priority(result: dict) -> list[str]:
+    """Untrained reachable points, the levels where compound can be compared first."""
+    points = result["points"]
+    comparable = {p["level"] for p in points.values() if p["way"].startswith("compound") and p["within"]}  # fmt: skip
+    todo = [n for n, p in points.items() if p["within"] and "runs" not in p]
+    return sorted(todo, key=lambda n: points[n]["level"] not in comparable)  # stable
+
+
+def resume(args) -> int:
+    """Train what a stopped run left, from its partial result; the wall time adds up."""
+    result = json.loads(Path(args.resume).read_text())
+    for key, value in result["config"].items():
+        if key not in ("resume", "quick"):
+            setattr(args, key, value)
+    args.quick = result["config"]["quick"]
+    wall = time.perf_counter() - result["wall_seconds"]  # the stopped run's time counts
+    out_dir = Path(args.out)
+    stem = common.output_stem("compound_scaling", args.quick)
+    splits, test = load_data(args)
+    with tempfile.TemporaryDirectory(prefix="mobilecv-compound-") as workdir:
+        for name in by_priority(result):
+            train_point(result["points"][name], splits, test, args, Path(workdir), name)
+            checkpoint(result, args, wall, out_dir / f"{stem}_partial.json")
+    result["picture"] = plot(result, out_dir / f"{stem}.png")
+    result.update(common.run_metadata(args, PACKAGES, wall))
+    return finish(result, args)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:  # the picture is drawn again beside the re-written result
@@ -477,6 +534,8 @@ def main(argv=None) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         result["picture"] = plot(result, Path(args.out) / f"{stem}.png")
         return finish(result, args)
+    if args.resume:
+        return resume(args)
     wall, out_dir, stem = common.start_run(args, "compound_scaling")
     levels = [float(v) for v in args.levels.split(",")]
     splits, test = load_data(args)
