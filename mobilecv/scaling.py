@@ -7,6 +7,7 @@ alpha * beta**2 * gamma**2 ~= 2, so each unit of phi roughly doubles FLOPs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mobilecv.errors import InputError
@@ -36,6 +37,62 @@ def compound_scale(
         width=beta**phi,
         resolution=int(round(base_resolution * gamma**phi)),
     )
+
+
+@dataclass(frozen=True)
+class MacsMatch:
+    """One knob value and the MACs it gives, against the MACs asked for."""
+
+    value: float
+    macs: int
+    target: int
+
+    @property
+    def off(self) -> float:
+        """Relative miss: +0.03 is 3% over the target."""
+        return self.macs / self.target - 1.0
+
+    def within(self, tolerance: float = 0.05) -> bool:
+        return abs(self.off) <= tolerance
+
+
+def match_macs(
+    macs_of: Callable[[float], int], target: int, low: float, high: float, step: float
+) -> MacsMatch:
+    """The value of one knob on the grid low, low + step, ..., high whose MACs are closest
+    to ``target``.
+
+    ``macs_of`` must never decrease as the knob grows; it is a step function for every
+    real knob (channels rounded to a divisor, ceil'd repeats, whole pixels), so this
+    bisects for the first grid value reaching the target and keeps it or the one below,
+    whichever is closer: about log2((high - low) / step) + 2 calls, each a model build.
+    A target out of reach gives the end of the range; ``within`` tells the caller.
+    """
+    if target <= 0 or step <= 0 or not high >= low:
+        raise InputError(f"need target > 0, step > 0 and high >= low; got {target}, {step}, "
+                         f"{low}..{high}")  # fmt: skip
+    last = int(round((high - low) / step))
+    seen: dict[int, int] = {}
+
+    def value(k: int) -> float:
+        return round(low + k * step, 10)  # a grid value, not an accumulated float
+
+    def macs(k: int) -> int:
+        if k not in seen:
+            seen[k] = int(macs_of(value(k)))
+        return seen[k]
+
+    if macs(0) >= target:
+        best = 0
+    elif macs(last) < target:
+        best = last
+    else:
+        below, above = 0, last  # macs(below) < target <= macs(above)
+        while above - below > 1:
+            middle = (below + above) // 2
+            below, above = (middle, above) if macs(middle) < target else (below, middle)
+        best = below if target - macs(below) < macs(above) - target else above
+    return MacsMatch(value(best), macs(best), int(target))
 
 
 def check_multiplier(knob: str, value: float) -> float:
