@@ -146,7 +146,7 @@ def write_pair(
             mode,
             calibration=calibration if mode == "int8" else None,
             samples=samples,
-            per_channel=per_channel,
+            per_channel=per_channel or mode != "int8",  # per-tensor is an int8 choice
             verify=verify,
             progress=False,
         )
@@ -180,6 +180,8 @@ def train_network(options: dict, splits, args):
         "mobilenet_v2", width=args.width, resolution=args.resolution, classes=10,
         input_channels=1, **options,
     )  # fmt: skip
+    if args.epochs == 0:  # --epochs 0: latency only, random weights, no top-1
+        return model, None
     model, report = train(
         model, splits, args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, schedule="cosine", progress=False,
@@ -210,10 +212,11 @@ def trained_rows(args, workdir: Path, test) -> tuple[dict, dict]:
         files[name] = write_pair(
             model, "fashion_mnist", args.calibration, True, workdir / _slug(name), False
         )
+        scored = training is not None
         rows[name] = {"options": options, "macs": macs_of(model), "training": training,
-                      "float_top1": evaluate(model, test)["accuracy"],
-                      "int8_top1": int8_top1(files[name]["int8"], x, test.y)}  # fmt: skip
-        common.log(f"   val {training['val_top1']:.4f}, int8 test {rows[name]['int8_top1']:.4f}")
+                      "float_top1": evaluate(model, test)["accuracy"] if scored else None,
+                      "int8_top1": int8_top1(files[name]["int8"], x, test.y) if scored else None}  # fmt: skip
+        common.log(f"   {name}: {training}, int8 test {rows[name]['int8_top1']}")
     for name, (network, batch1, per_channel) in _chosen(CONVERSIONS, args).items():
         common.log(f"== {name}: convert {network}")
         model = fixed_batch(models[network]) if batch1 else models[network]
@@ -223,7 +226,8 @@ def trained_rows(args, workdir: Path, test) -> tuple[dict, dict]:
         x = model_inputs(test.x, models[network])
         rows[name] = {**rows[network], "network": network, "fixed_batch": batch1,
                       "per_channel": per_channel,
-                      "int8_top1": int8_top1(files[name]["int8"], x, test.y)}  # fmt: skip
+                      "int8_top1": int8_top1(files[name]["int8"], x, test.y)
+                      if rows[network]["training"] else None}  # fmt: skip
     return rows, files
 
 
@@ -322,7 +326,8 @@ def target_candidates(rows: dict) -> dict:
     base = rows[BASE]["int8_top1"]
     return {
         name: row for name, row in rows.items()
-        if "int8_top1" in row and row["int8_top1"] >= base - MAX_TOP1_LOSS
+        if "int8_top1" in row
+        and (base is None or row["int8_top1"] >= base - MAX_TOP1_LOSS)
     }  # fmt: skip
 
 
@@ -350,7 +355,8 @@ def targets(rows: dict) -> list[dict]:
     name = passing[0] if passing else closest(rows)
     row = rows[name]
     measured = (f"{name}: int8/float {row['ratio']:.2f}, efficiency {row['efficiency']:.0%}, "
-                f"int8 top-1 {row['int8_top1']:.4f} vs base {base:.4f}")  # fmt: skip
+                f"int8 top-1 {common.fmt(row['int8_top1'], '.4f')} vs base "
+                f"{common.fmt(base, '.4f')}")  # fmt: skip
     out = [{
         "target": f"a MobileNetV2-family configuration with int8/float <= {MAX_RATIO:.2f}, "
                   f"int8 efficiency >= {MIN_EFFICIENCY:.0%}, <= {100 * MAX_TOP1_LOSS:.1f} "
