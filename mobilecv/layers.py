@@ -17,14 +17,33 @@ BN_EPSILON = 1e-3
 
 
 def activation(K: ModuleType, kind: str | None, name: str | None):
-    """``relu6`` becomes a ReLU(6) layer (a TFLite RELU6 op); others are Activation."""
+    """``relu6`` becomes a ReLU(6) layer (a TFLite RELU6 op); ``hard_swish`` see
+    :func:`hard_swish`; others are Activation."""
     if kind is None:
         return lambda x: x
     if kind == "relu6":
         return K.layers.ReLU(6.0, name=name)
     if kind == "relu":
         return K.layers.ReLU(name=name)
+    if kind == "hard_swish":
+        return hard_swish(K, name)
     return K.layers.Activation(kind, name=name)
+
+
+def hard_swish(K: ModuleType, name: str | None):
+    """Howard et al. 2019 (MobileNetV3) h-swish, x * ReLU6(x + 3) / 6.
+
+    Keras 3 has it built in (``hard_silu``); tf_keras has none, so it is spelt as
+    keras.applications.MobileNetV3 spells it, the pattern the TFLite converter fuses
+    into one HARD_SWISH op."""
+    if hasattr(K.activations, "hard_silu"):
+        return K.layers.Activation("hard_silu", name=name)
+
+    def apply(x):
+        gate = K.layers.ReLU(6.0, name=f"{name}_relu6" if name else None)(x + 3.0)
+        return K.layers.Multiply(name=name)([x, gate * (1.0 / 6.0)])
+
+    return apply
 
 
 def batch_norm(K: ModuleType, name: str, momentum: float = 0.99):
@@ -123,9 +142,11 @@ def inverted_residual(
     drop_rate: float = 0.0,
     style: str = "mobilenet_v2",
     bn_momentum: float = 0.99,
+    se_act: str | None = None,
 ):
     """MobileNetV2 inverted residual / EfficientNet MBConv: 1x1 expand, kxk depthwise,
-    optional squeeze-excite, linear 1x1 projection, identity shortcut when shapes match."""
+    optional squeeze-excite (its reduce conv activated by ``se_act``, by default ``act``),
+    linear 1x1 projection, identity shortcut when shapes match."""
     names = {
         key: tuple(n.format(p=prefix) if n else None for n in value)
         if isinstance(value, tuple)
@@ -138,7 +159,8 @@ def inverted_residual(
         x = conv_bn_act(K, x, channels, 1, 1, act, names["expand"], bn_momentum)
     x = conv_bn_act(K, x, 0, kernel, stride, act, names["depthwise"], bn_momentum, depthwise=True)
     if se_ratio > 0:
-        x = squeeze_excite(K, x, channels, max(1, int(in_channels * se_ratio)), act, prefix)
+        squeezed = max(1, int(in_channels * se_ratio))
+        x = squeeze_excite(K, x, channels, squeezed, se_act or act, prefix)
     x = conv_bn_act(K, x, out_channels, 1, 1, None, names["project"], bn_momentum)
     if stride == 1 and in_channels == out_channels:
         if drop_rate > 0:
