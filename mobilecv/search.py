@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from ray.tune import Callback
 
@@ -342,7 +343,8 @@ def evaluate_point(settings: Settings, knobs: Mapping, scratch: Path) -> Row:
     trained and scored on the validation split only if it fits."""
     task = _task(settings, knobs, scratch)
     model, row = sweep.build_point(task)
-    result, path = sweep.convert_point(task, model)
+    with _weights_as_if_trained(model):
+        result, path = sweep.convert_point(task, model)
     row["tflite_bytes"] = result.size
     row.update(sweep.judge_point(task, path))
     row["constraints"] = settings.constraints.violations(row)
@@ -350,6 +352,26 @@ def evaluate_point(settings: Settings, knobs: Mapping, scratch: Path) -> Row:
         _, trained = sweep.train_point(task, model)
         row.update(trained)
     return row
+
+
+@contextlib.contextmanager
+def _weights_as_if_trained(model) -> Iterator[None]:
+    """Distinct random BatchNorm statistics and biases for the block, then the model's
+    own weights back. Untrained, they are all 0 and 1, so every folded bias is the same
+    and the converter stores one buffer for them all: measured on MobileNetV2 0.5 at
+    48 px, 948,192 B untrained against 982,456 B trained (982,136 B with this)."""
+    saved = model.get_weights()
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        name = variable.name.split("/")[-1]
+        if name.startswith(("moving_mean", "bias", "beta")):
+            variable.assign(rng.normal(0.0, 0.1, variable.shape).astype("float32"))
+        elif name.startswith(("moving_variance", "gamma")):
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    try:
+        yield
+    finally:
+        model.set_weights(saved)
 
 
 def _task(settings: Settings, knobs: Mapping, scratch: Path) -> dict:
