@@ -25,12 +25,13 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, RunFailed
 from mobilecv.progress import Progress
 
 STATE_FORMAT = 1
@@ -50,6 +51,7 @@ def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator
     if ray.is_initialized():
         yield
         return
+    check_address(address)
     options: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -63,13 +65,41 @@ def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator
         )
     try:  # "local": a Ray of our own even when `ray start` runs one on this machine
         ray.init(address=address or "local", **options)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "this machine"
-        raise InputError(f"cannot start or reach Ray at {where}: {_first_line(exc)}") from None
+    except Exception as exc:  # Ray raises a bare Exception when its node times out starting
+        raise _start_error(address, exc) from None
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """An InputError, within ``timeout`` seconds, when nothing answers at a cluster
+    address ("HOST:PORT" or "ray://HOST:PORT"): Ray itself retries a wrong one for
+    minutes. None (a local Ray) and "auto" are not probed."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address must be auto, HOST:PORT or ray://HOST:PORT; got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(
+            f"nothing answers at {address} ({exc.strerror or exc}): start the cluster there "
+            "(ray start --head) or check the address"
+        ) from None
+
+
+def _start_error(address: str | None, exc: Exception) -> Exception:
+    """A bad address is the user's input (exit 2); a local Ray that did not start (its
+    node timed out on an overloaded machine, say) is a failed run (exit 1)."""
+    if address is not None:
+        return InputError(f"cannot reach Ray at {address}: {_first_line(exc)}")
+    return RunFailed(
+        f"Ray did not start on this machine: {_first_line(exc)} (is the machine overloaded? "
+        "run the command again)"
+    )
 
 
 def cluster_cpus() -> int:

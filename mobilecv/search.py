@@ -453,6 +453,7 @@ def search(
     report (what search.json holds)."""
     out = Path(out_dir).absolute()
     _check_outputs(out, force, resume)
+    engine.check_address(address)  # before the state file: a wrong address writes nothing
     state = engine.open_state(out / STATE_NAME, settings.state(), resume=resume, force=True)
     rows = _tune(settings, out, state, workers, address, resume, progress, evaluate)
     mark_pareto(rows, settings)

@@ -400,6 +400,7 @@ def sweep(
         "runs": runs,
         "warmup": warmup,
     }
+    engine.check_address(address)  # before the output folder: a wrong address writes nothing
     with _output_folder(out_dir, force, resume) as models_dir:
         state = None
         if out_dir is not None:

@@ -20,9 +20,10 @@ from pathlib import Path
 import engine_trials
 import pytest
 import ray.cloudpickle as cloudpickle
+from conftest import run_cli
 
 from mobilecv import engine
-from mobilecv.errors import InputError
+from mobilecv.errors import InputError, RunFailed
 
 cloudpickle.register_pickle_by_value(engine_trials)
 
@@ -66,6 +67,42 @@ def test_state_is_refused_when_it_exists_or_was_made_otherwise(tmp_path):
     path.write_text("not json\n")
     with pytest.raises(InputError, match="not a mobilecv run state"):
         engine.open_state(path, {"a": 1}, resume=True, force=False)
+
+
+@pytest.mark.parametrize(
+    ("command", "address", "message"),
+    [
+        ("search", "127.0.0.1:1", "nothing answers at 127.0.0.1:1"),
+        ("sweep", "ray://nohost.invalid:10001", "nothing answers at ray://nohost.invalid"),
+        ("search", "head-node", "--address must be auto, HOST:PORT or ray://HOST:PORT"),
+    ],
+)
+def test_a_wrong_address_is_a_one_line_error_at_once_and_writes_nothing(
+    tmp_path, command, address, message
+):
+    """Ray itself retries a wrong address for minutes."""
+    points = (
+        ["--trials", "1"] if command == "search" else ["--widths", "0.25", "--resolutions", "32"]
+    )
+    started = time.monotonic()
+    done = run_cli(command, "mobilenet_v2", *points, "--address", address,
+                   "-o", tmp_path / "out", timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "out").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_a_local_ray_that_does_not_start_is_a_failed_run(monkeypatch):
+    import ray
+
+    def timed_out(**options):
+        raise Exception("The current node timed out during startup.")  # what Ray raises
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    starting = engine.ray_session(cpus=1)
+    with pytest.raises(RunFailed, match="Ray did not start on this machine: The current node"):
+        starting.__enter__()
 
 
 _SCRIPT = """
