@@ -10,8 +10,9 @@ profile (320 KB SRAM, 1 MB flash) with the real TFLite Micro arena counted.
 - (b) the baseline: plain MobileNetV2 (depth 1) over a width x resolution grid that
   reaches past the budget on both axes (0.5 never fits 1 MB of flash; at 0.45 the arena
   is 279 KB at 112 px and more than 320 KB at 128), so its choice is the best
-  width-scaled MobileNetV2 that fits at its best fitting resolution; every point is judged on the device untrained and each
-  one that fits is trained the same short budget and scored on the validation split.
+  width-scaled MobileNetV2 that fits at its best fitting resolution; every point is
+  judged on the device untrained and each one that fits is trained the same short
+  budget and scored on the validation split.
 - (a) `mobilecv search` (mobilecv.search): TPE over width, depth and resolution (and
   the channel divisor, where the family takes one) under the same constraints and the
   same short training. A trial that does not fit is judged untrained and costs only a
@@ -240,13 +241,7 @@ def markdown(result: dict) -> str:
 
 
 def _space_text(space: dict) -> str:
-    names = {
-        "widths": "width",
-        "depths": "depth",
-        "resolutions": "resolution",
-        "divisors": "divisor",
-    }
-    return ", ".join(f"{names.get(key, key)} {value}" for key, value in space.items())
+    return ", ".join(f"{key.removesuffix('s')} {value}" for key, value in space.items())
 
 
 def finish(result: dict, args) -> int:

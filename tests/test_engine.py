@@ -100,9 +100,9 @@ def test_a_local_ray_that_does_not_start_is_a_failed_run(monkeypatch):
         raise Exception("The current node timed out during startup.")  # what Ray raises
 
     monkeypatch.setattr(ray, "init", timed_out)
-    starting = engine.ray_session(cpus=1)
-    with pytest.raises(RunFailed, match="Ray did not start on this machine: The current node"):
-        starting.__enter__()
+    message = "Ray did not start on this machine: The current node"
+    with pytest.raises(RunFailed, match=message), engine.ray_session(cpus=1):
+        pass
 
 
 _SCRIPT = """
